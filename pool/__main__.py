@@ -1,0 +1,88 @@
+"""Command line: ``pool run`` (embedded regtest default, or ``--config FILE`` for production)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from pool.config import Config, ConfigError, embedded_default, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pool", description="Stratum V1 Bitcoin mining pool server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pool (without --config: embedded regtest default)")
+    run.add_argument("--config", help="TOML config file (see config/example.toml)")
+    run.add_argument("--data-dir", default="data", help="embedded mode: where the node, ledger and blocks live")
+    run.add_argument("--port", type=int, default=3333, help="embedded mode: Stratum port on 127.0.0.1")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config")
+    return parser
+
+
+def _banner(config: Config, port: int, pool_address: str) -> str:
+    host = config.stratum.host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    lines = [
+        f"pool: Stratum listening on {host}:{port} ({config.node.network}, {config.payout.scheme})",
+        f"pool: point a miner at it:  minerd -a sha256d -o stratum+tcp://{shown}:{port} -u ADDRESS.worker1 -p x",
+    ]
+    if config.regtest.managed:
+        lines.append(f"pool: regtest payout address to use as ADDRESS, e.g. {pool_address}")
+    lines.append("pool: Ctrl-C stops the pool")
+    return "\n".join(lines)
+
+
+async def _run(config: Config) -> int:
+    from pool.app import PoolApp
+
+    app = PoolApp(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, app.request_stop)
+    try:
+        await app.start()
+        assert app.server is not None
+        print(_banner(config, app.server.port, app.pool_address), flush=True)
+        await app.run_until_stopped()
+    finally:
+        await app.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            load_config(args.config)
+            print(f"{args.config}: OK")
+            return 0
+        config = load_config(args.config) if args.config else embedded_default(args.data_dir, args.port)
+    except ConfigError as exc:
+        print(f"pool: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from pool.ops.logging import configure_logging
+
+    configure_logging(config.log_level, config.log_format)
+    try:
+        import uvloop
+
+        return uvloop.run(_run(config))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
+        return asyncio.run(_run(config))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # start-up failures an operator must read, not a traceback
+        from pool.node.regtest import BitcoindNotFound
+        from pool.node.rpc import NodeError, NodeUnavailable
+
+        if isinstance(exc, BitcoindNotFound | NodeUnavailable | NodeError | OSError | RuntimeError):
+            print(f"pool: cannot start: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Configuration: read once, from TOML, into typed frozen values; every error names the bad key.
+
+``pool run`` with no ``--config`` uses the embedded default: a regtest bitcoind the pool starts itself, a
+SQLite ledger under ``./data`` and Stratum on 127.0.0.1:3333. Secrets may come from the environment
+(``POOL_RPC_PASSWORD``) or bitcoind's cookie file instead of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator: names the key and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    rpc_url: str = "http://127.0.0.1:8332"
+    rpc_user: str = ""
+    rpc_password: str = field(default="", repr=False)
+    rpc_cookie_file: str = ""
+    rpc_timeout: float = 30.0
+    network: str = "main"
+    zmq_hashblock: str = ""
+    longpoll: bool = True
+    refresh_interval: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StratumConfig:
+    host: str = "0.0.0.0"
+    port: int = 3333
+    extranonce1_size: int = 4
+    extranonce2_size: int = 8
+    max_line_bytes: int = 16 * 1024
+    pool_tag: str = "/pool/"
+    version_mask: int = 0x1FFFE000
+    subscribe_timeout: float = 30.0
+    authorize_timeout: float = 60.0
+    idle_timeout: float = 600.0
+    max_connections: int = 100_000
+    max_connections_per_ip: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DifficultyConfig:
+    start: float = 1024.0
+    minimum: float = 1.0
+    maximum: float = 2.0**40
+    target_share_interval: float = 10.0
+    retarget_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutConfig:
+    scheme: str = "pplns"
+    pool_address: str = ""
+    fee_percent: float = 1.0
+    pplns_factor: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class RegtestConfig:
+    """Embedded mode: the pool starts and owns a regtest bitcoind (for trying the pool and for tests)."""
+
+    managed: bool = False
+    bitcoind_dir: str = ""
+    rpc_port: int = 0
+    zmq_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeConfig = NodeConfig()
+    stratum: StratumConfig = StratumConfig()
+    difficulty: DifficultyConfig = DifficultyConfig()
+    payout: PayoutConfig = PayoutConfig()
+    regtest: RegtestConfig = RegtestConfig()
+    data_dir: str = "data"
+    ledger_path: str = ""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    @property
+    def ledger_file(self) -> Path:
+        return Path(self.ledger_path) if self.ledger_path else Path(self.data_dir) / "ledger.sqlite3"
+
+
+SCHEMES = ("pplns", "pps", "fpps", "solo")
+
+
+class _Reader:
+    """Typed access to one TOML table; every mistake names ``section.key``."""
+
+    def __init__(self, table: dict[str, Any], section: str) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        self._t = dict(table)
+        self._s = section
+
+    def _name(self, key: str) -> str:
+        return f"{self._s}.{key}" if self._s else key
+
+    def _get(self, key: str, default: Any, kinds: tuple[type, ...], kind_name: str) -> Any:
+        if key not in self._t:
+            return default
+        value = self._t.pop(key)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(f"{self._name(key)} must be {kind_name}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise ConfigError(f"{self._name(key)} must be {kind_name}, got {type(value).__name__} {value!r}")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        return self._get(key, default, (str,), "a string")
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._get(key, default, (bool,), "true or false")
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self._get(key, default, (int,), "an integer")
+        if not lo <= value <= hi:
+            raise ConfigError(f"{self._name(key)} must be between {lo} and {hi}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, lo: float, hi: float) -> float:
+        value = float(self._get(key, default, (int, float), "a number"))
+        if not lo <= value <= hi:
+            raise ConfigError(f"{self._name(key)} must be between {lo} and {hi}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default).lower()
+        if value not in choices:
+            raise ConfigError(f"{self._name(key)} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def done(self) -> None:
+        if self._t:
+            unknown = ", ".join(self._name(k) for k in sorted(self._t))
+            raise ConfigError(f"unknown setting(s): {unknown} (see config/example.toml)")
+
+
+def _section(raw: dict[str, Any], name: str) -> _Reader:
+    return _Reader(raw.pop(name, {}), name)
+
+
+def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
+    """Build a Config from parsed TOML; raise ConfigError naming the first bad key."""
+    env = dict(os.environ if env is None else env)
+    raw = dict(raw)
+    n = _section(raw, "node")
+    node = NodeConfig(
+        rpc_url=n.string("rpc_url", NodeConfig.rpc_url),
+        rpc_user=n.string("rpc_user", env.get("POOL_RPC_USER", "")),
+        rpc_password=n.string("rpc_password", env.get("POOL_RPC_PASSWORD", "")),
+        rpc_cookie_file=n.string("rpc_cookie_file", ""),
+        rpc_timeout=n.number("rpc_timeout", 30.0, 1, 600),
+        network=n.choice("network", "main", tuple(NETWORKS)),
+        zmq_hashblock=n.string("zmq_hashblock", ""),
+        longpoll=n.boolean("longpoll", True),
+        refresh_interval=n.number("refresh_interval", 30.0, 1, 110),
+    )
+    n.done()
+    if not node.rpc_url.startswith(("http://", "https://")):
+        raise ConfigError(f"node.rpc_url must start with http:// or https://, got {node.rpc_url!r}")
+    if node.zmq_hashblock and not node.zmq_hashblock.startswith(("tcp://", "ipc://")):
+        raise ConfigError(f"node.zmq_hashblock must be a tcp:// or ipc:// endpoint, got {node.zmq_hashblock!r}")
+
+    s = _section(raw, "stratum")
+    mask_text = s.string("version_mask", "1fffe000")
+    try:
+        mask = int(mask_text, 16)
+    except ValueError as exc:
+        raise ConfigError(f"stratum.version_mask must be 8 hex digits, got {mask_text!r}") from exc
+    if not 0 <= mask <= 0xFFFFFFFF:
+        raise ConfigError(f"stratum.version_mask must be 8 hex digits, got {mask_text!r}")
+    stratum = StratumConfig(
+        host=s.string("host", "0.0.0.0"),
+        port=s.integer("port", 3333, 0, 65535),
+        extranonce1_size=s.integer("extranonce1_size", 4, 2, 8),
+        extranonce2_size=s.integer("extranonce2_size", 8, 2, 16),
+        max_line_bytes=s.integer("max_line_bytes", 16 * 1024, 1024, 1 << 20),
+        pool_tag=s.string("pool_tag", "/pool/"),
+        version_mask=mask,
+        subscribe_timeout=s.number("subscribe_timeout", 30.0, 1, 3600),
+        authorize_timeout=s.number("authorize_timeout", 60.0, 1, 3600),
+        idle_timeout=s.number("idle_timeout", 600.0, 10, 86400),
+        max_connections=s.integer("max_connections", 100_000, 1, 10_000_000),
+        max_connections_per_ip=s.integer("max_connections_per_ip", 1024, 1, 10_000_000),
+    )
+    s.done()
+    if len(stratum.pool_tag.encode()) > 60:
+        raise ConfigError("stratum.pool_tag must be at most 60 bytes")
+
+    d = _section(raw, "difficulty")
+    difficulty = DifficultyConfig(
+        start=d.number("start", 1024.0, 1e-12, 2.0**64),
+        minimum=d.number("min", 1.0, 1e-12, 2.0**64),
+        maximum=d.number("max", 2.0**40, 1e-12, 2.0**64),
+        target_share_interval=d.number("target_share_interval", 10.0, 0.1, 3600),
+        retarget_seconds=d.number("retarget_seconds", 30.0, 1, 3600),
+    )
+    d.done()
+    if not difficulty.minimum <= difficulty.start <= difficulty.maximum:
+        raise ConfigError("difficulty.start must lie between difficulty.min and difficulty.max")
+
+    p = _section(raw, "payout")
+    payout = PayoutConfig(
+        scheme=p.choice("scheme", "pplns", SCHEMES),
+        pool_address=p.string("pool_address", ""),
+        fee_percent=p.number("fee_percent", 1.0, 0, 100),
+        pplns_factor=p.number("pplns_factor", 2.0, 0.01, 100),
+    )
+    p.done()
+
+    r = _section(raw, "regtest")
+    regtest = RegtestConfig(
+        managed=r.boolean("managed", False),
+        bitcoind_dir=r.string("bitcoind_dir", ""),
+        rpc_port=r.integer("rpc_port", 0, 0, 65535),
+        zmq_port=r.integer("zmq_port", 0, 0, 65535),
+    )
+    r.done()
+    if regtest.managed and node.network != "regtest":
+        raise ConfigError("regtest.managed = true needs node.network = \"regtest\"")
+    if payout.pool_address:
+        try:
+            address_to_script(payout.pool_address, node.network)
+        except AddressError as exc:
+            raise ConfigError(f"payout.pool_address is not a valid {node.network} address: {exc}") from exc
+    elif payout.scheme != "solo" and not regtest.managed:
+        raise ConfigError(f"payout.pool_address is required for scheme {payout.scheme!r}")
+
+    top = _Reader(raw, "")
+    ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
+    metrics_table = _Reader(top._get("metrics", {}, (dict,), "a table"), "metrics")
+    log_table = _Reader(top._get("logging", {}, (dict,), "a table"), "logging")
+    config = Config(
+        node=node,
+        stratum=stratum,
+        difficulty=difficulty,
+        payout=payout,
+        regtest=regtest,
+        data_dir=top.string("data_dir", "data"),
+        ledger_path=ledger_table.string("path", ""),
+        metrics_host=metrics_table.string("host", "127.0.0.1"),
+        metrics_port=metrics_table.integer("port", 9100, 0, 65535),
+        log_level=log_table.choice("level", "info", ("debug", "info", "warning", "error")),
+        log_format=log_table.choice("format", "auto", ("auto", "json", "console")),
+    )
+    for reader in (top, ledger_table, metrics_table, log_table):
+        reader.done()
+    return config
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    return parse_config(raw, env)
+
+
+def embedded_default(data_dir: str = "data", port: int = 3333) -> Config:
+    """The zero-configuration mode: managed regtest bitcoind, Stratum on 127.0.0.1, tiny difficulties."""
+    return parse_config(
+        {
+            "data_dir": data_dir,
+            "node": {"network": "regtest", "rpc_url": "http://127.0.0.1:0", "refresh_interval": 20},
+            "regtest": {"managed": True},
+            "stratum": {"host": "127.0.0.1", "port": port, "pool_tag": "/pool-regtest/"},
+            "difficulty": {"start": 0.001, "min": 0.0001, "max": 2.0**32},
+            "payout": {"scheme": "pplns"},
+        },
+        env={},
+    )

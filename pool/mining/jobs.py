@@ -1,0 +1,181 @@
+"""Templates turned into Stratum jobs, and the book of live jobs shares are judged against.
+
+A job is one template plus one coinbase (one set of payout outputs). The expensive per-template work (merkle
+branch, witness commitment) is done once in ``PreparedTemplate``; a job per payout variant (SOLO pays each
+finder's own address) then costs only a coinbase serialization.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pool.bitcoin.coinbase import (
+    CoinbaseParts,
+    TxOut,
+    build_coinbase,
+    witness_commitment,
+    witness_commitment_script,
+)
+from pool.bitcoin.merkle import merkle_branch
+from pool.bitcoin.serialize import compact_size
+from pool.bitcoin.target import target_bytes
+from pool.mining.template import BlockTemplate, TemplateError
+
+
+def stratum_prevhash(prevhash: bytes) -> str:
+    """Stratum's prevhash: the internal-order hash with every 4-byte word byte-swapped."""
+    return b"".join(prevhash[i : i + 4][::-1] for i in range(0, 32, 4)).hex()
+
+
+def be32(value: int) -> str:
+    """Big-endian hex of a 32-bit value, as notify sends version, nbits and ntime."""
+    return struct.pack(">I", value & 0xFFFFFFFF).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedTemplate:
+    """Per-template work shared by all the jobs built on it."""
+
+    template: BlockTemplate
+    branch: tuple[bytes, ...]
+    commitment_script: bytes | None
+    network_target: int
+    branch_bytes: bytes
+    network_target_le: bytes
+
+    @classmethod
+    def from_template(cls, template: BlockTemplate) -> PreparedTemplate:
+        """Compute the merkle branch and our own witness commitment, checked against bitcoind's."""
+        branch = tuple(merkle_branch([tx.txid for tx in template.transactions]))
+        commitment_script: bytes | None = None
+        if "segwit" in template.rules or template.default_witness_commitment is not None:
+            commitment = witness_commitment([tx.wtxid for tx in template.transactions])
+            commitment_script = witness_commitment_script(commitment)
+            dwc = template.default_witness_commitment
+            if dwc is not None and dwc != commitment_script:
+                raise TemplateError(
+                    f"witness commitment mismatch at height {template.height}: "
+                    f"computed {commitment_script.hex()}, bitcoind says {dwc.hex()}"
+                )
+        target = template.network_target
+        return cls(template, branch, commitment_script, target, b"".join(branch), target_bytes(target))
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One unit of work as sent in ``mining.notify``; remembers the shares seen for duplicate checks."""
+
+    job_id: str
+    prepared: PreparedTemplate
+    coinbase: CoinbaseParts
+    ntime: int
+    created: float
+    payout_key: str = ""
+    seen: set[tuple[bytes, bytes, int, int, int]] = field(default_factory=set)
+
+    @property
+    def template(self) -> BlockTemplate:
+        return self.prepared.template
+
+    def notify_params(self, clean_jobs: bool) -> list[object]:
+        """Parameters of ``mining.notify`` in the encodings every Stratum V1 miner expects."""
+        t = self.template
+        return [
+            self.job_id,
+            stratum_prevhash(t.prevhash),
+            self.coinbase.coinb1.hex(),
+            self.coinbase.coinb2.hex(),
+            [h.hex() for h in self.prepared.branch],
+            be32(t.version),
+            be32(t.bits),
+            be32(self.ntime),
+            clean_jobs,
+        ]
+
+    def block_bytes(self, header: bytes, extranonce1: bytes, extranonce2: bytes) -> bytes:
+        """The full serialized block for a solved header: coinbase with witness, then every template tx."""
+        t = self.template
+        if self.prepared.commitment_script is not None:
+            coinbase = self.coinbase.assemble_with_witness(extranonce1, extranonce2)
+        else:
+            coinbase = self.coinbase.assemble(extranonce1, extranonce2)
+        return (
+            header
+            + compact_size(1 + len(t.transactions))
+            + coinbase
+            + b"".join(tx.data for tx in t.transactions)
+        )
+
+
+def make_job(
+    job_id: str,
+    prepared: PreparedTemplate,
+    outputs: list[TxOut],
+    pool_tag: bytes,
+    extranonce_size: int,
+    now: float,
+    payout_key: str = "",
+) -> Job:
+    """Build the job paying ``outputs``; ntime starts at the template's curtime (never before mintime)."""
+    t = prepared.template
+    coinbase = build_coinbase(t.height, outputs, pool_tag, extranonce_size, prepared.commitment_script)
+    ntime = max(t.curtime, t.mintime)
+    return Job(job_id, prepared, coinbase, ntime, now, payout_key)
+
+
+class Lookup(Enum):
+    """Why a job id did not resolve to a live job."""
+
+    UNKNOWN = "unknown"
+    STALE = "stale"
+
+
+class JobBook:
+    """Live jobs by id. Jobs of an older chain tip become stale; ids never seen are unknown.
+
+    Bounded: at most ``max_jobs`` live jobs and ``max_stale`` remembered stale ids, so a long-running pool or
+    a client sending random ids cannot grow it.
+    """
+
+    def __init__(self, max_jobs: int = 256, max_stale: int = 4096) -> None:
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._stale: OrderedDict[str, None] = OrderedDict()
+        self._max_jobs = max_jobs
+        self._max_stale = max_stale
+        self._counter = 0
+        self.tip: bytes | None = None
+
+    def next_id(self) -> str:
+        self._counter += 1
+        return f"{self._counter:x}"
+
+    def add(self, job: Job) -> bool:
+        """Register a job; returns True if it moves the book to a new chain tip (older jobs go stale)."""
+        new_tip = job.template.prevhash != self.tip
+        if new_tip:
+            for old_id in self._jobs:
+                self._remember_stale(old_id)
+            self._jobs.clear()
+            self.tip = job.template.prevhash
+        self._jobs[job.job_id] = job
+        while len(self._jobs) > self._max_jobs:
+            old_id, _ = self._jobs.popitem(last=False)
+            self._remember_stale(old_id)
+        return new_tip
+
+    def _remember_stale(self, job_id: str) -> None:
+        self._stale[job_id] = None
+        while len(self._stale) > self._max_stale:
+            self._stale.popitem(last=False)
+
+    def get(self, job_id: str) -> Job | Lookup:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        return Lookup.STALE if job_id in self._stale else Lookup.UNKNOWN
+
+    def __len__(self) -> int:
+        return len(self._jobs)

@@ -1,0 +1,103 @@
+"""Per-connection variable difficulty: steer each miner towards a target share interval.
+
+Pure: the caller feeds share times and reads back the difficulty to use for the next job. The estimate is
+the accepted difficulty per second over a sliding window, so a miner's hashrate is measured in the units
+shares are credited in; retargets are limited in frequency and to a factor band to avoid oscillation, while a
+brand-new fast ASIC (many shares within seconds) is ramped up at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class VardiffConfig:
+    """Bounds and pacing; ``target_interval`` is the wanted seconds per share."""
+
+    start: float = 1.0
+    minimum: float = 0.001
+    maximum: float = 2.0**40
+    target_interval: float = 10.0
+    retarget_seconds: float = 30.0
+    window_shares: int = 32
+    tolerance: float = 0.3  # no change while the rate is within ±30 % of target
+    max_step: float = 16.0
+
+
+class Vardiff:
+    """Difficulty state of one connection."""
+
+    def __init__(self, config: VardiffConfig, now: float, start: float | None = None) -> None:
+        self.config = config
+        self.difficulty = self.clamp(start if start is not None else config.start)
+        self._shares: deque[tuple[float, float]] = deque(maxlen=config.window_shares)
+        self._since = now
+        self._last_retarget = now
+        self.fixed = False
+
+    def clamp(self, difficulty: float) -> float:
+        return min(max(difficulty, self.config.minimum), self.config.maximum)
+
+    def suggest(self, difficulty: float, now: float) -> float:
+        """A miner's hint: adopted (within bounds) as the new starting point, not as a floor."""
+        if not self.fixed:
+            self.difficulty = self.clamp(difficulty)
+            self._shares.clear()
+            self._since = self._last_retarget = now
+        return self.difficulty
+
+    def fix(self, difficulty: float) -> float:
+        """Operator/worker-fixed difficulty (``d=`` password option): vardiff stops adjusting."""
+        self.difficulty = self.clamp(difficulty)
+        self.fixed = True
+        return self.difficulty
+
+    def record_share(self, difficulty: float, now: float) -> float | None:
+        """Note an accepted share; return a new difficulty when a retarget is due, else None."""
+        self._shares.append((now, difficulty))
+        if self.fixed:
+            return None
+        elapsed = now - self._since
+        count = len(self._shares)
+        # Fast start: a miner far quicker than wanted gets raised right away.
+        fast = count >= 4 and elapsed > 0 and elapsed < count * self.config.target_interval / 8
+        if not fast and (now - self._last_retarget < self.config.retarget_seconds or count < 2):
+            return None
+        return self._retarget(now)
+
+    def idle_check(self, now: float) -> float | None:
+        """Lower difficulty for a miner that has gone quiet (too hard for it); call periodically."""
+        if self.fixed:
+            return None
+        quiet = now - (self._shares[-1][0] if self._shares else self._since)
+        if quiet < max(self.config.retarget_seconds, 4 * self.config.target_interval):
+            return None
+        new = self.clamp(self.difficulty / 4)
+        self._last_retarget = now
+        self._since = now
+        self._shares.clear()
+        if new == self.difficulty:
+            return None
+        self.difficulty = new
+        return new
+
+    def _retarget(self, now: float) -> float | None:
+        span = now - self._since
+        if span <= 0:
+            span = 1e-3
+        work_rate = sum(d for _, d in self._shares) / span  # difficulty-1 units per second
+        ideal = work_rate * self.config.target_interval
+        ratio = ideal / self.difficulty
+        self._last_retarget = now
+        if 1 - self.config.tolerance <= ratio <= 1 + self.config.tolerance:
+            return None
+        ratio = min(max(ratio, 1 / self.config.max_step), self.config.max_step)
+        new = self.clamp(self.difficulty * ratio)
+        self._shares.clear()
+        self._since = now
+        if new == self.difficulty:
+            return None
+        self.difficulty = new
+        return new

@@ -1,0 +1,148 @@
+"""Fresh work from bitcoind: new tips at once (GBT long poll, ZMQ hashblock), new transactions on a timer.
+
+Delivers each template to ``on_template`` with whether it starts a new chain tip. While bitcoind is warming up
+or unreachable it backs off and retries; miners keep the work they already have until a template arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from pool.mining.template import BlockTemplate, TemplateError, parse_template
+from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
+
+log = structlog.get_logger("pool.node.work")
+
+TemplateCallback = Callable[[BlockTemplate, bool, str], None]
+
+
+class TemplateSource:
+    """Keeps the pool's template current; one fetch at a time, triggers coalesced."""
+
+    def __init__(
+        self,
+        client: NodeClient,
+        on_template: TemplateCallback,
+        refresh_interval: float = 30.0,
+        longpoll: bool = True,
+        zmq_endpoint: str = "",
+        on_health: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._on_template = on_template
+        self._refresh = refresh_interval
+        self._longpoll = longpoll
+        self._zmq_endpoint = zmq_endpoint
+        self._on_health = on_health
+        self._wake = asyncio.Event()
+        self._reason = "start"
+        self._lock = asyncio.Lock()
+        self.template: BlockTemplate | None = None
+        self.fetched_at = 0.0
+        self.healthy = False
+
+    def trigger(self, reason: str) -> None:
+        """Ask for a fetch now (a block was found, ZMQ said so, ...)."""
+        self._reason = reason
+        self._wake.set()
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._refresh_loop(), name="template-refresh")]
+        if self._longpoll:
+            tasks.append(asyncio.create_task(self._longpoll_loop(), name="template-longpoll"))
+        if self._zmq_endpoint:
+            tasks.append(asyncio.create_task(self._zmq_loop(), name="template-zmq"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _set_health(self, healthy: bool) -> None:
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if self._on_health is not None:
+                self._on_health(healthy)
+
+    async def fetch(self, reason: str) -> bool:
+        """Fetch one template and deliver it; False (logged) when bitcoind could not give one."""
+        async with self._lock:
+            try:
+                gbt = await self._client.get_template()
+                template = parse_template(gbt)
+            except (NodeUnavailable, NodeError, TemplateError) as exc:
+                self._set_health(False)
+                log.warning("template_fetch_failed", reason=reason, error=str(exc))
+                return False
+            self._deliver(template, reason)
+            return True
+
+    def _deliver(self, template: BlockTemplate, reason: str) -> None:
+        new_tip = self.template is None or template.prevhash != self.template.prevhash
+        self.template = template
+        self.fetched_at = time.monotonic()
+        self._set_health(True)
+        self._on_template(template, new_tip, reason)
+
+    async def _refresh_loop(self) -> None:
+        backoff = 0.25
+        while True:
+            reason, self._reason = self._reason, "refresh"
+            self._wake.clear()
+            if await self.fetch(reason):
+                backoff = 0.25
+                timeout = self._refresh
+            else:
+                timeout = backoff
+                backoff = min(backoff * 2, 10.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _longpoll_loop(self) -> None:
+        backoff = 0.5
+        while True:
+            template = self.template
+            if template is None or not template.longpollid:
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                gbt = await self._client.longpoll_template(template.longpollid, timeout=max(90.0, self._refresh * 3))
+                fresh = parse_template(gbt)
+            except (NodeUnavailable, NodeError, TemplateError) as exc:
+                log.debug("longpoll_failed", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
+            async with self._lock:
+                current = self.template
+                if current is None or fresh.longpollid != current.longpollid or fresh.prevhash != current.prevhash:
+                    self._deliver(fresh, "longpoll")
+
+    async def _zmq_loop(self) -> None:
+        import zmq
+        import zmq.asyncio
+
+        ctx = zmq.asyncio.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"hashblock")
+        sock.connect(self._zmq_endpoint)
+        log.info("zmq_subscribed", endpoint=self._zmq_endpoint)
+        try:
+            while True:
+                parts = await sock.recv_multipart()
+                if parts and parts[0] == b"hashblock":
+                    block_hash = parts[1].hex() if len(parts) > 1 else ""
+                    log.debug("zmq_hashblock", block_hash=block_hash)
+                    self.trigger("zmq")
+        finally:
+            sock.close(0)

@@ -1,0 +1,65 @@
+"""Prometheus metrics: one registry per pool instance, named after Prometheus conventions.
+
+Kept in one place so dashboards and alert rules have a single list to refer to; the server and node modules
+only call these objects.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """All metrics the pool exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.connections = Gauge("pool_connections", "Open Stratum connections", registry=r)
+        self.sessions = Gauge("pool_sessions", "Stratum sessions by state", ["state"], registry=r)
+        self.connects = Counter("pool_connects_total", "Accepted TCP connections", registry=r)
+        self.disconnects = Counter("pool_disconnects_total", "Closed connections by reason", ["reason"], registry=r)
+        self.subscribes = Counter("pool_subscribes_total", "mining.subscribe requests answered", registry=r)
+        self.authorizes = Counter("pool_authorizes_total", "mining.authorize by result", ["result"], registry=r)
+        self.protocol_errors = Counter(
+            "pool_protocol_errors_total", "Malformed or unsupported client messages", ["kind"], registry=r
+        )
+        self.shares = Counter("pool_shares_total", "Shares by result", ["result"], registry=r)
+        self.share_rejects = Counter("pool_share_rejects_total", "Rejected shares by reason", ["reason"], registry=r)
+        self.accepted_difficulty = Counter(
+            "pool_accepted_difficulty_total", "Sum of accepted share difficulty (rate() is hashrate / 2**32)", registry=r
+        )
+        self.blocks = Counter("pool_blocks_total", "Blocks by stage", ["stage"], registry=r)
+        self.share_to_submit_seconds = Histogram(
+            "pool_block_share_to_submit_seconds",
+            "Time from a block-solving share to submitblock returning",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.template_age_seconds = Gauge("pool_template_age_seconds", "Age of the current template", registry=r)
+        self.template_height = Gauge("pool_template_height", "Height of the block being mined", registry=r)
+        self.network_difficulty = Gauge("pool_network_difficulty", "Network difficulty of the template", registry=r)
+        self.new_tip_notify_seconds = Histogram(
+            "pool_new_tip_notify_seconds",
+            "Time from a new template to clean_jobs notify written to every miner",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.jobs_broadcast = Counter("pool_jobs_broadcast_total", "Job broadcasts by kind", ["kind"], registry=r)
+        self.bitcoind_up = Gauge("pool_bitcoind_up", "1 when bitcoind answers and gives templates", registry=r)
+        self.rpc_seconds = Histogram(
+            "pool_bitcoind_rpc_seconds", "bitcoind RPC latency by method", ["method"], registry=r
+        )
+        self.rpc_errors = Counter("pool_bitcoind_rpc_errors_total", "bitcoind RPC errors", ["method", "kind"], registry=r)
+        self.ledger_batch_size = Histogram(
+            "pool_ledger_batch_size", "Writes per ledger commit", buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 2000),
+            registry=r,
+        )
+        self.ledger_commit_seconds = Histogram(
+            "pool_ledger_commit_seconds", "Ledger group-commit latency", registry=r
+        )
+
+    def observe_rpc(self, method: str, seconds: float, error: str | None) -> None:
+        """NodeClient observer hook."""
+        self.rpc_seconds.labels(method).observe(seconds)
+        if error is not None:
+            self.rpc_errors.labels(method, error).inc()

@@ -1,0 +1,323 @@
+"""The Stratum TCP listener: sockets, timeouts, per-address limits and broadcast.
+
+Each connection is a ``StratumProtocol`` (sans-IO) plus the I/O around it. Misbehaving clients get an error
+or lose their own connection; nothing one client sends can stop the loop serving the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import Counter as CountMap
+from typing import Any
+
+import structlog
+
+from pool.config import Config
+from pool.mining.extranonce import ExtranonceAllocator
+from pool.mining.shares import Accepted, ShareResult
+from pool.mining.vardiff import Vardiff, VardiffConfig
+from pool.mining.workers import Worker, parse_worker
+from pool.ops.metrics import Metrics
+from pool.server.coordinator import Coordinator
+from pool.stratum.events import (
+    Authorized,
+    AuthorizeFailed,
+    DifficultySuggested,
+    Event,
+    ProtocolError,
+    ShareRefused,
+    ShareSubmitted,
+    Subscribed,
+    TransactionsRequested,
+)
+from pool.stratum.protocol import ProtocolConfig, StratumProtocol
+
+log = structlog.get_logger("pool.server")
+
+MAX_WRITE_BUFFER = 1 << 20  # a reader this far behind is dropped rather than buffered without bound
+MAX_PROTOCOL_ERRORS = 50
+
+
+class Session:
+    """One connection's I/O state around its protocol core."""
+
+    __slots__ = (
+        "id", "peer", "protocol", "writer", "vardiff", "connected", "last_activity", "worker", "has_work",
+        "errors", "log", "closing",
+    )
+
+    def __init__(self, sid: int, peer: str, protocol: StratumProtocol, writer: asyncio.StreamWriter,
+                 vardiff: Vardiff) -> None:
+        self.id = sid
+        self.peer = peer
+        self.protocol = protocol
+        self.writer = writer
+        self.vardiff = vardiff
+        self.connected = time.monotonic()
+        self.last_activity = self.connected
+        self.worker: Worker | None = None
+        self.has_work = False
+        self.errors = 0
+        self.closing = False
+        self.log = log.bind(session=sid, peer=peer)
+
+    def flush(self) -> None:
+        data = self.protocol.data_to_send()
+        if data and not self.closing:
+            transport = self.writer.transport
+            if transport.is_closing():
+                return
+            if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                self.log.warning("slow_reader_dropped")
+                self.closing = True
+                transport.abort()
+                return
+            self.writer.write(data)
+
+
+class StratumServer:
+    """Accepts miners, runs their sessions and pushes new work to all of them."""
+
+    def __init__(self, config: Config, coordinator: Coordinator, metrics: Metrics) -> None:
+        self.config = config
+        self.coordinator = coordinator
+        self.metrics = metrics
+        sc = config.stratum
+        dc = config.difficulty
+        self._proto_config = ProtocolConfig(
+            extranonce2_size=sc.extranonce2_size,
+            max_line=sc.max_line_bytes,
+            pool_version_mask=sc.version_mask,
+            start_difficulty=dc.start,
+        )
+        self._vardiff_config = VardiffConfig(
+            start=dc.start,
+            minimum=dc.minimum,
+            maximum=dc.maximum,
+            target_interval=dc.target_share_interval,
+            retarget_seconds=dc.retarget_seconds,
+        )
+        self._network = config.node.network
+        self._extranonces = ExtranonceAllocator(sc.extranonce1_size)
+        self.sessions: dict[int, Session] = {}
+        self._per_ip: CountMap[str] = CountMap()
+        self._ids = itertools.count(1)
+        self._server: asyncio.base_events.Server | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        sc = self.config.stratum
+        self._server = await asyncio.start_server(self._handle, sc.host, sc.port, limit=sc.max_line_bytes * 2,
+                                                  backlog=1024)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stratum-housekeeping")
+        log.info("stratum_listening", host=sc.host, port=self.port)
+        return self.port
+
+    async def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions.values()):
+            session.writer.transport.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    # ---- work broadcast ------------------------------------------------------------------------------------
+
+    def broadcast(self, clean: bool) -> int:
+        """Send the current job to every miner that has been given work; returns how many got it."""
+        sent = 0
+        for session in list(self.sessions.values()):
+            if session.has_work and session.worker is not None and not session.closing:
+                job = self.coordinator.job_for(session.worker)
+                if job is not None:
+                    session.protocol.send_job(job, clean)
+                    session.flush()
+                    sent += 1
+        self.metrics.jobs_broadcast.labels("clean" if clean else "update").inc()
+        return sent
+
+    def _send_work(self, session: Session, fresh: bool) -> None:
+        if session.worker is None:
+            return
+        job = (self.coordinator.fresh_job_for if fresh else self.coordinator.job_for)(session.worker)
+        if job is not None:
+            session.protocol.send_job(job, clean_jobs=not session.has_work)
+            session.has_work = True
+
+    # ---- connections ---------------------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        ip = str(peername[0]) if peername else "?"
+        peer = f"{ip}:{peername[1]}" if peername else "?"
+        sc = self.config.stratum
+        if len(self.sessions) >= sc.max_connections or self._per_ip[ip] >= sc.max_connections_per_ip:
+            self.metrics.disconnects.labels("limit").inc()
+            writer.transport.abort()
+            return
+        self._per_ip[ip] += 1
+        extranonce1 = self._extranonces.allocate()
+        sid = next(self._ids)
+        protocol = StratumProtocol(self._proto_config, extranonce1, self._authorizer)
+        session = Session(sid, peer, protocol, writer, Vardiff(self._vardiff_config, time.monotonic()))
+        self.sessions[sid] = session
+        self.metrics.connects.inc()
+        self.metrics.connections.set(len(self.sessions))
+        reason = "closed"
+        try:
+            reason = await self._serve(session, reader)
+        except (ConnectionError, OSError):
+            reason = "reset"
+        except Exception:  # one connection's bug must not take the pool down
+            session.log.exception("session_crashed")
+            reason = "error"
+        finally:
+            self.sessions.pop(sid, None)
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+            self._extranonces.release(extranonce1)
+            self.metrics.connections.set(len(self.sessions))
+            self.metrics.disconnects.labels(reason).inc()
+            session.log.debug("disconnected", reason=reason)
+            writer.transport.abort() if reason != "closed" else writer.close()
+
+    def _deadline(self, session: Session) -> tuple[float, str]:
+        sc = self.config.stratum
+        proto = session.protocol
+        if not proto.subscribed:
+            return session.connected + sc.subscribe_timeout, "subscribe-timeout"
+        if not proto.workers:
+            return session.connected + sc.authorize_timeout, "authorize-timeout"
+        return session.last_activity + sc.idle_timeout, "idle-timeout"
+
+    async def _serve(self, session: Session, reader: asyncio.StreamReader) -> str:
+        proto = session.protocol
+        while True:
+            deadline, why = self._deadline(session)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return why
+            try:
+                data = await asyncio.wait_for(reader.read(65536), remaining)
+            except TimeoutError:
+                continue
+            if not data:
+                return "eof"
+            session.last_activity = time.monotonic()
+            proto.receive_data(data)
+            while (event := proto.next_event()) is not None:
+                await self._dispatch(session, event)
+                session.flush()
+            session.flush()
+            if proto.closed or session.closing:
+                await self._drain(session)
+                return "protocol-error"
+            if session.errors > MAX_PROTOCOL_ERRORS:
+                return "too-many-errors"
+
+    async def _drain(self, session: Session) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(session.writer.drain(), 1.0)
+
+    def _authorizer(self, username: str, password: str) -> Worker:
+        return parse_worker(username, password, self._network)
+
+    async def _dispatch(self, session: Session, event: Event) -> None:
+        proto = session.protocol
+        if isinstance(event, ShareSubmitted):
+            result = self.coordinator.judge(event, proto.extranonce1)
+            await self._answer_share(session, event, result)
+        elif isinstance(event, Subscribed):
+            self.metrics.subscribes.inc()
+            session.log = session.log.bind(agent=event.user_agent)
+            session.log.debug("subscribed")
+            if proto.workers and not session.has_work:
+                self._send_work(session, fresh=False)
+        elif isinstance(event, Authorized):
+            self.metrics.authorizes.labels("ok").inc()
+            if event.first:
+                session.worker = event.worker
+                session.log = session.log.bind(worker=event.worker.full_name)
+                if event.worker.fixed_difficulty is not None:
+                    proto.set_difficulty(session.vardiff.fix(event.worker.fixed_difficulty))
+                else:
+                    proto.set_difficulty(session.vardiff.difficulty)
+                session.log.info("authorized")
+            if proto.subscribed and not session.has_work:
+                self._send_work(session, fresh=False)
+        elif isinstance(event, DifficultySuggested):
+            new = session.vardiff.suggest(event.difficulty, time.monotonic())
+            if new != proto.difficulty:
+                proto.set_difficulty(new)
+                if session.has_work:
+                    self._send_work(session, fresh=True)
+        elif isinstance(event, TransactionsRequested):
+            job = self.coordinator.book.get(event.job_id)
+            txids = [tx.txid[::-1].hex() for tx in job.template.transactions] if hasattr(job, "template") else []
+            proto.answer(event.request_id, txids)
+        elif isinstance(event, ShareRefused):
+            self.metrics.shares.labels("rejected").inc()
+            self.metrics.share_rejects.labels(event.rejected.reason.value).inc()
+            session.errors += 1
+        elif isinstance(event, AuthorizeFailed):
+            self.metrics.authorizes.labels("failed").inc()
+            session.log.info("authorize_failed", username=event.username, reason=event.reason)
+            session.errors += 1
+        elif isinstance(event, ProtocolError):
+            kind = "fatal" if event.fatal else "invalid"
+            self.metrics.protocol_errors.labels(kind).inc()
+            session.log.info("protocol_error", reason=event.reason, fatal=event.fatal)
+            session.errors += 1
+
+    async def _answer_share(self, session: Session, event: ShareSubmitted, result: ShareResult) -> None:
+        proto = session.protocol
+        if isinstance(result, Accepted):
+            record = self.coordinator.share_record(result, event.worker)
+            try:
+                await self.coordinator.ledger.record_share(record)
+            except Exception as exc:  # never answer true for a share the ledger did not take
+                session.log.error("ledger_write_failed", error=str(exc))
+                proto.answer_error(event.request_id, 20, "Share not recorded, please resubmit")
+                return
+            proto.answer_submit(event.request_id, result)
+            new = session.vardiff.record_share(result.difficulty, time.monotonic())
+            if new is not None and new != proto.difficulty:
+                proto.set_difficulty(new)
+                self._send_work(session, fresh=True)
+        else:
+            session.log.debug("share_rejected", reason=result.reason.value, detail=result.detail)
+            proto.answer_submit(event.request_id, result)
+            session.errors += 1
+
+    async def _housekeeping_loop(self) -> None:
+        """Lower difficulty for miners that went quiet; counts sessions by state for metrics."""
+        while True:
+            await asyncio.sleep(5)
+            now = time.monotonic()
+            states: dict[str, int] = {"connected": 0, "subscribed": 0, "authorized": 0}
+            for session in list(self.sessions.values()):
+                proto = session.protocol
+                state = "authorized" if proto.workers else "subscribed" if proto.subscribed else "connected"
+                states[state] += 1
+                if session.has_work:
+                    new = session.vardiff.idle_check(now)
+                    if new is not None:
+                        proto.set_difficulty(new)
+                        self._send_work(session, fresh=True)
+                        session.flush()
+            for state, count in states.items():
+                self.metrics.sessions.labels(state).set(count)
+
+    def stats(self) -> dict[str, Any]:
+        return {"connections": len(self.sessions)}

@@ -1,0 +1,349 @@
+"""The Stratum V1 protocol core, sans-IO: bytes in, events out, bytes to send.
+
+It owns everything that is pure session state (subscription, extranonce, workers, negotiated version mask,
+which difficulty each job was sent at) and answers the requests it can answer alone. Requests that need the
+rest of the pool (share judgement, transaction lists) become events the server answers through
+``answer``/``answer_submit``. Lines are processed one at a time by ``next_event`` so replies leave in the
+order requests arrived, which miners that reuse one id for every submit rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pool.bitcoin.target import DIFF1_TARGET
+from pool.mining.jobs import Job
+from pool.mining.shares import Reject, Rejected, ShareResult, Submission
+from pool.mining.workers import AuthError, Worker
+from pool.stratum.events import (
+    Authorized,
+    AuthorizeFailed,
+    DifficultySuggested,
+    Event,
+    ProtocolError,
+    ShareRefused,
+    ShareSubmitted,
+    Subscribed,
+    TransactionsRequested,
+)
+from pool.stratum.framing import LineFramer, LineTooLong
+
+ERR_OTHER = 20
+ERR_UNAUTHORIZED = 24
+ERR_NOT_SUBSCRIBED = 25
+MAX_WORKERS_PER_SESSION = 64
+_JOB_DIFFICULTY_MEMORY = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolConfig:
+    """Per-connection protocol settings, derived from the pool config."""
+
+    extranonce2_size: int = 8
+    max_line: int = 16 * 1024
+    pool_version_mask: int = 0x1FFFE000
+    start_difficulty: float = 1.0
+
+
+Authorizer = Callable[[str, str], Worker]
+
+
+def _number(value: Any) -> float | None:
+    """A positive finite number from a JSON number or a numeric string (cpuminer-opt sends '0.500000')."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
+class StratumProtocol:
+    """One miner connection's protocol state machine."""
+
+    def __init__(self, config: ProtocolConfig, extranonce1: bytes, authorizer: Authorizer) -> None:
+        self.config = config
+        self.extranonce1 = extranonce1
+        self._authorize = authorizer
+        self._framer = LineFramer(config.max_line)
+        self._lines: deque[bytes] = deque()
+        self._out: list[bytes] = []
+        self._fatal: str | None = None
+        self.closed = False
+        self.subscribed = False
+        self.user_agent = ""
+        self.workers: dict[str, Worker] = {}
+        self.version_mask = 0
+        self.extranonce_subscribed = False
+        self.minimum_difficulty: float | None = None
+        self.difficulty = config.start_difficulty
+        self._sent_difficulty: float | None = None
+        self._job_difficulty: OrderedDict[str, float] = OrderedDict()
+        self.current_job: Job | None = None
+
+    # ---- input ---------------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer received bytes; call ``next_event`` until it returns None."""
+        if self.closed or self._fatal:
+            return
+        try:
+            self._lines.extend(self._framer.feed(data))
+        except LineTooLong as exc:
+            self._fatal = str(exc)
+
+    def next_event(self) -> Event | None:
+        """Process buffered lines until one yields an event for the server."""
+        while self._lines and not self.closed:
+            event = self._handle_line(self._lines.popleft())
+            if event is not None:
+                return event
+        if self._fatal and not self.closed:
+            reason, self._fatal = self._fatal, None
+            self._send_error(None, ERR_OTHER, reason)
+            self.closed = True
+            return ProtocolError(reason, fatal=True)
+        return None
+
+    def _handle_line(self, line: bytes) -> Event | None:
+        try:
+            msg = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            self._send_error(None, ERR_OTHER, "Invalid JSON")
+            return ProtocolError("invalid JSON", fatal=False)
+        if not isinstance(msg, dict):
+            self._send_error(None, ERR_OTHER, "Request must be a JSON object")
+            return ProtocolError("request is not an object", fatal=False)
+        req_id = msg.get("id")
+        method = msg.get("method")
+        if method is None and ("result" in msg or "error" in msg):
+            return None  # a reply to one of our requests (client.get_version etc.)
+        if not isinstance(method, str):
+            self._send_error(req_id, ERR_OTHER, "Missing method")
+            return ProtocolError("missing method", fatal=False)
+        params = msg.get("params", [])
+        if params is None:
+            params = []
+        handler = _HANDLERS.get(method)
+        if handler is None:
+            self._send_error(req_id, ERR_OTHER, "Unknown method")
+            return ProtocolError(f"unknown method {method[:64]!r}", fatal=False)
+        if not isinstance(params, list | dict):
+            self._send_error(req_id, ERR_OTHER, "params must be an array")
+            return ProtocolError(f"{method}: params not an array", fatal=False)
+        return handler(self, req_id, params)
+
+    # ---- request handlers ----------------------------------------------------------------------------------
+
+    def _on_subscribe(self, req_id: Any, params: Any) -> Event | None:
+        args = params if isinstance(params, list) else []
+        ua = args[0] if args and isinstance(args[0], str) else ""
+        resumed = args[1] if len(args) > 1 and isinstance(args[1], str) else None
+        self.user_agent = ua[:128]
+        self.subscribed = True
+        sid = self.extranonce1.hex()
+        self._send_result(
+            req_id,
+            [[["mining.set_difficulty", sid], ["mining.notify", sid]], sid, self.config.extranonce2_size],
+        )
+        return Subscribed(self.user_agent, resumed)
+
+    def _on_authorize(self, req_id: Any, params: Any) -> Event | None:
+        args = params if isinstance(params, list) else []
+        username = args[0] if args and isinstance(args[0], str) else ""
+        password = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+        if len(self.workers) >= MAX_WORKERS_PER_SESSION and username not in self.workers:
+            self._send_error(req_id, ERR_UNAUTHORIZED, "Too many workers on one connection")
+            return AuthorizeFailed(username[:128], "too many workers")
+        try:
+            worker = self._authorize(username, password)
+        except AuthError as exc:
+            self._send_error(req_id, ERR_UNAUTHORIZED, str(exc))
+            return AuthorizeFailed(username[:128], str(exc))
+        first = not self.workers
+        self.workers[username] = worker
+        self._send_result(req_id, True)
+        return Authorized(worker, first)
+
+    def _on_submit(self, req_id: Any, params: Any) -> Event | None:
+        args = params if isinstance(params, list) else []
+        worker_name = args[0] if args and isinstance(args[0], str) else ""
+        if not self.subscribed:
+            return self._refuse(req_id, Rejected(Reject.NOT_SUBSCRIBED), worker_name)
+        worker = self.workers.get(worker_name)
+        if worker is None:
+            return self._refuse(req_id, Rejected(Reject.UNAUTHORIZED, worker_name[:64]), worker_name)
+        if not 5 <= len(args) <= 6:
+            return self._refuse(req_id, Rejected(Reject.MALFORMED, "submit needs 5 or 6 params"), worker_name)
+        job_id = args[1]
+        if isinstance(job_id, int) and not isinstance(job_id, bool):
+            job_id = f"{job_id:x}"
+        fields = [job_id, *args[2:]]
+        if not all(isinstance(f, str) for f in fields):
+            return self._refuse(req_id, Rejected(Reject.MALFORMED, "submit params must be strings"), worker_name)
+        version_bits = args[5] if len(args) == 6 else None
+        if version_bits is not None and not self.version_mask:
+            # Miners that never negotiated rolling send 00000000 (cgminer after set_version_mask, Bitaxe).
+            if version_bits.strip("0"):
+                return self._refuse(req_id, Rejected(Reject.BAD_VERSION, "no version rolling negotiated"), worker_name)
+            version_bits = None
+        sub = Submission(worker_name, job_id, args[2], args[3], args[4], version_bits)
+        difficulty = self._job_difficulty.get(job_id, self.difficulty)
+        return ShareSubmitted(req_id, sub, worker, difficulty, self.version_mask)
+
+    def _refuse(self, req_id: Any, rejected: Rejected, worker_name: str) -> Event:
+        code, message = rejected.error
+        self._send_error(req_id, code, message)
+        return ShareRefused(rejected, worker_name[:128])
+
+    def _on_configure(self, req_id: Any, params: Any) -> Event | None:
+        args = params if isinstance(params, list) else []
+        extensions = args[0] if args and isinstance(args[0], list) else []
+        options = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+        result: dict[str, Any] = {}
+        event: Event | None = None
+        for ext in extensions[:16]:
+            if not isinstance(ext, str):
+                continue
+            if ext == "version-rolling":
+                result.update(self._negotiate_version_rolling(options))
+            elif ext == "minimum-difficulty":
+                value = _number(options.get("minimum-difficulty.value"))
+                result["minimum-difficulty"] = value is not None
+                if value is not None:
+                    self.minimum_difficulty = value
+                    event = DifficultySuggested(value)
+            elif ext == "subscribe-extranonce":
+                self.extranonce_subscribed = True
+                result["subscribe-extranonce"] = True
+            else:
+                result[ext[:64]] = False
+        self._send_result(req_id, result)
+        return event
+
+    def _negotiate_version_rolling(self, options: dict[str, Any]) -> dict[str, Any]:
+        mask_text = options.get("version-rolling.mask", "ffffffff")
+        try:
+            miner_mask = int(mask_text, 16) & 0xFFFFFFFF if isinstance(mask_text, str) else 0xFFFFFFFF
+        except ValueError:
+            miner_mask = 0
+        min_bits = options.get("version-rolling.min-bit-count", 0)
+        min_bits = min_bits if isinstance(min_bits, int) and not isinstance(min_bits, bool) else 0
+        mask = miner_mask & self.config.pool_version_mask
+        if mask == 0 or mask.bit_count() < min_bits:
+            self.version_mask = 0
+            return {"version-rolling": False}
+        self.version_mask = mask
+        return {"version-rolling": True, "version-rolling.mask": f"{mask:08x}"}
+
+    def _on_suggest_difficulty(self, req_id: Any, params: Any) -> Event | None:
+        value = _number(params[0] if isinstance(params, list) and params else None)
+        if value is None:
+            self._send_error(req_id, ERR_OTHER, "Difficulty must be a positive number")
+            return ProtocolError("bad suggest_difficulty", fatal=False)
+        self._send_result(req_id, True)
+        return DifficultySuggested(value)
+
+    def _on_suggest_target(self, req_id: Any, params: Any) -> Event | None:
+        text = params[0] if isinstance(params, list) and params else None
+        try:
+            target = int(text, 16) if isinstance(text, str) and 0 < len(text) <= 64 else 0
+        except ValueError:
+            target = 0
+        if target <= 0:
+            self._send_error(req_id, ERR_OTHER, "Target must be 64 hex digits")
+            return ProtocolError("bad suggest_target", fatal=False)
+        self._send_result(req_id, True)
+        return DifficultySuggested(DIFF1_TARGET / target)
+
+    def _on_extranonce_subscribe(self, req_id: Any, params: Any) -> Event | None:
+        self.extranonce_subscribed = True
+        self._send_result(req_id, True)
+        return None
+
+    def _on_ping(self, req_id: Any, params: Any) -> Event | None:
+        self._send_result(req_id, "pong")
+        return None
+
+    def _on_get_transactions(self, req_id: Any, params: Any) -> Event | None:
+        job_id = params[0] if isinstance(params, list) and params and isinstance(params[0], str) else ""
+        return TransactionsRequested(req_id, job_id)
+
+    # ---- output --------------------------------------------------------------------------------------------
+
+    def set_difficulty(self, difficulty: float) -> None:
+        """Difficulty for the next job; it reaches the miner just before that job's notify."""
+        self.difficulty = difficulty
+
+    def send_job(self, job: Job, clean_jobs: bool) -> None:
+        """Queue ``mining.notify`` (preceded by ``set_difficulty`` when it changed) and remember its difficulty."""
+        if self._sent_difficulty != self.difficulty:
+            self._send_notification("mining.set_difficulty", [self.difficulty])
+            self._sent_difficulty = self.difficulty
+        self._job_difficulty[job.job_id] = self.difficulty
+        while len(self._job_difficulty) > _JOB_DIFFICULTY_MEMORY:
+            self._job_difficulty.popitem(last=False)
+        self.current_job = job
+        self._send_notification("mining.notify", job.notify_params(clean_jobs))
+
+    def answer_submit(self, req_id: Any, result: ShareResult) -> None:
+        """Reply to a ShareSubmitted event: true, or the reject's Stratum error."""
+        if isinstance(result, Rejected):
+            code, message = result.error
+            self._send_error(req_id, code, message)
+        else:
+            self._send_result(req_id, True)
+
+    def answer(self, req_id: Any, result: Any) -> None:
+        self._send_result(req_id, result)
+
+    def answer_error(self, req_id: Any, code: int, message: str) -> None:
+        self._send_error(req_id, code, message)
+
+    def send_reconnect(self, host: str, port: int, wait_seconds: int = 0) -> None:
+        self._send_notification("client.reconnect", [host, port, wait_seconds])
+
+    def show_message(self, text: str) -> None:
+        self._send_notification("client.show_message", [text])
+
+    def data_to_send(self) -> bytes:
+        """Bytes queued for the peer since the last call."""
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    def _send_result(self, req_id: Any, result: Any) -> None:
+        self._write({"id": req_id, "result": result, "error": None})
+
+    def _send_error(self, req_id: Any, code: int, message: str) -> None:
+        self._write({"id": req_id, "result": None, "error": [code, message, None]})
+
+    def _send_notification(self, method: str, params: list[Any]) -> None:
+        self._write({"id": None, "method": method, "params": params})
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._out.append(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+
+_HANDLERS: dict[str, Callable[[StratumProtocol, Any, Any], Event | None]] = {
+    "mining.subscribe": StratumProtocol._on_subscribe,
+    "mining.authorize": StratumProtocol._on_authorize,
+    "mining.submit": StratumProtocol._on_submit,
+    "mining.configure": StratumProtocol._on_configure,
+    "mining.suggest_difficulty": StratumProtocol._on_suggest_difficulty,
+    "mining.suggest_target": StratumProtocol._on_suggest_target,
+    "mining.extranonce.subscribe": StratumProtocol._on_extranonce_subscribe,
+    "mining.ping": StratumProtocol._on_ping,
+    "mining.get_transactions": StratumProtocol._on_get_transactions,
+}
