@@ -17,18 +17,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML config file (see config/example.toml)")
     run.add_argument("--data-dir", default="data", help="embedded mode: where the node, ledger and blocks live")
     run.add_argument("--port", type=int, default=3333, help="embedded mode: Stratum port on 127.0.0.1")
+    run.add_argument("--metrics-port", type=int, default=9100, help="embedded mode: metrics/API port (0: any free)")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config")
     return parser
 
 
-def _banner(config: Config, port: int, pool_address: str) -> str:
+def _banner(config: Config, port: int, pool_address: str, http_port: int) -> str:
     host = config.stratum.host
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     lines = [
         f"pool: Stratum listening on {host}:{port} ({config.node.network}, {config.payout.scheme})",
         f"pool: point a miner at it:  minerd -a sha256d -o stratum+tcp://{shown}:{port} -u ADDRESS.worker1 -p x",
     ]
+    if http_port:
+        lines.append(f"pool: metrics and API on http://{config.metrics_host}:{http_port}/metrics  /api/pool")
     if config.regtest.managed:
         lines.append(f"pool: regtest payout address to use as ADDRESS, e.g. {pool_address}")
     lines.append("pool: Ctrl-C stops the pool")
@@ -45,7 +48,8 @@ async def _run(config: Config) -> int:
     try:
         await app.start()
         assert app.server is not None
-        print(_banner(config, app.server.port, app.pool_address), flush=True)
+        http_port = app.http.port if app.http else 0
+        print(_banner(config, app.server.port, app.pool_address, http_port), flush=True)
         await app.run_until_stopped()
     finally:
         await app.stop()
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             load_config(args.config)
             print(f"{args.config}: OK")
             return 0
-        config = load_config(args.config) if args.config else embedded_default(args.data_dir, args.port)
+        config = load_config(args.config) if args.config else embedded_default(args.data_dir, args.port, args.metrics_port)
     except ConfigError as exc:
         print(f"pool: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from pathlib import Path
 import structlog
 
 from pool.bitcoin.address import address_to_script
+from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
 from pool.ledger.sqlite import Ledger
 from pool.mining.template import BlockTemplate
@@ -17,6 +18,7 @@ from pool.node.blocks import BlockSubmitter, SubmitOutcome
 from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
 from pool.node.work import TemplateSource
+from pool.ops.http import HttpApi
 from pool.ops.metrics import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.server import StratumServer
@@ -38,6 +40,8 @@ class PoolApp:
         self.source: TemplateSource | None = None
         self.submitter: BlockSubmitter | None = None
         self.pool_address = config.payout.pool_address
+        self.http: HttpApi | None = None
+        self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
 
@@ -92,8 +96,13 @@ class PoolApp:
         await self.submitter.resubmit_pending()
         await self.source.fetch("start")
         await self.server.start()
+        if cfg.metrics_enabled:
+            self.http = HttpApi(self)
+            port = await self.http.start(cfg.metrics_host, cfg.metrics_port)
+            log.info("http_listening", host=cfg.metrics_host, port=port)
         self._tasks.append(asyncio.create_task(self.source.run(), name="template-source"))
         self._tasks.append(asyncio.create_task(self._age_loop(), name="template-age"))
+        self._tasks.append(asyncio.create_task(self._loop_lag(), name="loop-lag"))
 
     def _on_commit(self, size: int, seconds: float) -> None:
         self.metrics.ledger_batch_size.observe(size)
@@ -102,6 +111,15 @@ class PoolApp:
     def _on_template(self, template: BlockTemplate, new_tip: bool, reason: str) -> None:
         assert self.coordinator is not None
         start = time.perf_counter()
+        current = self.coordinator.prepared
+        if (
+            not new_tip
+            and reason != "refresh"
+            and current is not None
+            and current.template.coinbase_value == template.coinbase_value
+            and [tx.txid for tx in current.template.transactions] == [tx.txid for tx in template.transactions]
+        ):
+            return  # a second notice of work the miners already have (ZMQ and long poll both fire)
         try:
             self.coordinator.set_template(template)
         except ValueError as exc:
@@ -110,7 +128,7 @@ class PoolApp:
         sent = self.server.broadcast(clean=new_tip) if self.server is not None else 0
         if new_tip:
             self.metrics.new_tip_notify_seconds.observe(time.perf_counter() - start)
-        log.info("new_work", height=template.height, new_tip=new_tip, reason=reason, miners=sent,
+        (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason, miners=sent,
                  txs=len(template.transactions))
 
     def _on_block_outcome(self, outcome: SubmitOutcome) -> None:
@@ -131,6 +149,87 @@ class PoolApp:
                 self.metrics.template_age_seconds.set(time.monotonic() - self.source.fetched_at)
             await asyncio.sleep(1)
 
+    async def _loop_lag(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0.5)
+            self.metrics.loop_lag_seconds.observe(max(0.0, time.perf_counter() - start - 0.5))
+
+    # ---- views for the HTTP API ---------------------------------------------------------------------------
+
+    def refresh_gauges(self) -> None:
+        """Per-scrape gauges: pool and per-worker hashrate, capped to the most active workers."""
+        if self.coordinator is None:
+            return
+        now = time.time()
+        stats = self.coordinator.stats
+        self.metrics.pool_hashrate.set(stats.pool_hashrate(now))
+        self.metrics.workers_active.set(stats.active_workers(now))
+        self.metrics.worker_hashrate.clear()
+        self.metrics.worker_last_share_age.clear()
+        cap = self.config.metrics_max_worker_series
+        ranked = sorted(stats.workers.values(), key=lambda w: w.last_share, reverse=True)[:cap]
+        for w in ranked:
+            label = f"{w.address}.{w.name}" if w.name else w.address
+            self.metrics.worker_hashrate.labels(label).set(w.hashrate(now, stats.window))
+            self.metrics.worker_last_share_age.labels(label).set(now - w.last_share if w.last_share else -1)
+
+    def readiness_problems(self) -> list[str]:
+        problems = []
+        if self.source is None or not self.source.healthy:
+            problems.append("bitcoind unreachable or giving no templates")
+        if self.source is not None and self.source.fetched_at:
+            age = time.monotonic() - self.source.fetched_at
+            if age > max(3 * self.config.node.refresh_interval, 120):
+                problems.append(f"work is stale ({age:.0f} s old)")
+        elif self.source is not None:
+            problems.append("no work yet")
+        return problems
+
+    def pool_summary(self) -> dict[str, object]:
+        now = time.time()
+        coord = self.coordinator
+        template = self.source.template if self.source else None
+        last = coord.last_block if coord else None
+        return {
+            "network": self.config.node.network,
+            "scheme": self.config.payout.scheme,
+            "hashrate": coord.stats.pool_hashrate(now) if coord else 0.0,
+            "miners": len(self.server.sessions) if self.server else 0,
+            "workers": coord.stats.active_workers(now) if coord else 0,
+            "height": template.height if template else None,
+            "network_difficulty": target_to_difficulty(template.network_target) if template else None,
+            "blocks_found": coord.blocks_found if coord else 0,
+            "last_block": {"height": last.height, "hash": last.block_hash, "worker": last.worker,
+                           "found_at": last.found_at} if last else None,
+            "uptime_seconds": now - self.started_at,
+        }
+
+    def address_summary(self, address: str) -> dict[str, object]:
+        now = time.time()
+        workers = self.coordinator.stats.for_address(address, now) if self.coordinator else []
+        shares = self.ledger.query(
+            "SELECT worker, COUNT(*), SUM(difficulty) FROM shares WHERE address=? GROUP BY worker", (address,)
+        ) if self.ledger else []
+        return {
+            "address": address,
+            "known": bool(workers or shares),
+            "hashrate": sum(float(w["hashrate"]) for w in workers),  # type: ignore[arg-type]
+            "workers": workers,
+            "shares": [{"worker": w, "count": c, "difficulty": d} for w, c, d in shares],
+        }
+
+    def recent_blocks(self, limit: int) -> list[dict[str, object]]:
+        if self.ledger is None:
+            return []
+        rows = self.ledger.query(
+            "SELECT height, block_hash, address, worker, reward, status, found_at FROM blocks"
+            " ORDER BY found_at DESC LIMIT ?",
+            (limit,),
+        )
+        keys = ("height", "hash", "address", "worker", "reward", "status", "found_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
     async def run_until_stopped(self) -> None:
         await self._stopped.wait()
 
@@ -143,6 +242,8 @@ class PoolApp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.http is not None:
+            await self.http.close()
         if self.server is not None:
             await self.server.close()
         if self.submitter is not None:

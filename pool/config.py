@@ -85,8 +85,10 @@ class Config:
     regtest: RegtestConfig = RegtestConfig()
     data_dir: str = "data"
     ledger_path: str = ""
+    metrics_enabled: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100
+    metrics_max_worker_series: int = 500
     log_level: str = "info"
     log_format: str = "auto"
 
@@ -253,8 +255,10 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         regtest=regtest,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
+        metrics_enabled=metrics_table.boolean("enabled", True),
         metrics_host=metrics_table.string("host", "127.0.0.1"),
         metrics_port=metrics_table.integer("port", 9100, 0, 65535),
+        metrics_max_worker_series=metrics_table.integer("max_worker_series", 500, 0, 100_000),
         log_level=log_table.choice("level", "info", ("debug", "info", "warning", "error")),
         log_format=log_table.choice("format", "auto", ("auto", "json", "console")),
     )
@@ -275,7 +279,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     return parse_config(raw, env)
 
 
-def embedded_default(data_dir: str = "data", port: int = 3333) -> Config:
+def embedded_default(data_dir: str = "data", port: int = 3333, metrics_port: int = 9100) -> Config:
     """The zero-configuration mode: managed regtest bitcoind, Stratum on 127.0.0.1, tiny difficulties."""
     return parse_config(
         {
@@ -285,6 +289,7 @@ def embedded_default(data_dir: str = "data", port: int = 3333) -> Config:
             "stratum": {"host": "127.0.0.1", "port": port, "pool_tag": "/pool-regtest/"},
             "difficulty": {"start": 0.001, "min": 0.0001, "max": 2.0**32},
             "payout": {"scheme": "pplns"},
+            "metrics": {"port": metrics_port},
         },
         env={},
     )

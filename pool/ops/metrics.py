@@ -6,7 +6,15 @@ only call these objects.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 
 class Metrics:
@@ -14,6 +22,29 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.loop_lag_seconds = Histogram(
+            "pool_event_loop_lag_seconds",
+            "How late the event loop wakes a 0.5 s timer (a busy loop delays every miner)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.worker_hashrate = Gauge(
+            "pool_worker_hashrate_hashes_per_second",
+            "Per-worker hashrate over the stats window (capped number of series)",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_last_share_age = Gauge(
+            "pool_worker_last_share_age_seconds", "Seconds since the worker's last accepted share", ["worker"],
+            registry=r,
+        )
+        self.pool_hashrate = Gauge("pool_hashrate_hashes_per_second", "Pool hashrate over the stats window",
+                                   registry=r)
+        self.workers_active = Gauge("pool_workers_active", "Workers with a share in the stats window", registry=r)
+        self.pending_payouts = Gauge("pool_pending_payouts_satoshis", "Credited but unpaid satoshis", registry=r)
         self.connections = Gauge("pool_connections", "Open Stratum connections", registry=r)
         self.sessions = Gauge("pool_sessions", "Stratum sessions by state", ["state"], registry=r)
         self.connects = Counter("pool_connects_total", "Accepted TCP connections", registry=r)

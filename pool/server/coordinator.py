@@ -17,6 +17,7 @@ from pool.config import Config
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
 from pool.mining.jobs import Job, JobBook, PreparedTemplate, make_job
 from pool.mining.shares import Accepted, ShareResult, check_submission
+from pool.mining.stats import PoolStats
 from pool.mining.template import BlockTemplate
 from pool.mining.workers import Worker
 from pool.node.blocks import BlockSubmitter, FoundBlock
@@ -57,6 +58,7 @@ class Coordinator:
         self.solo = config.payout.scheme == "solo"
         self.blocks_found = 0
         self.last_block: FoundBlock | None = None
+        self.stats = PoolStats()
 
     # ---- work ----------------------------------------------------------------------------------------------
 
@@ -124,14 +126,17 @@ class Coordinator:
             event.version_mask,
             time.time(),
         )
+        worker = event.worker
         if isinstance(result, Accepted):
             self.metrics.shares.labels("accepted").inc()
             self.metrics.accepted_difficulty.inc(result.difficulty)
+            self.stats.accepted(worker.address, worker.name, result.difficulty, time.time())
             if result.is_block:
-                self._block_found(result, event.worker)
+                self._block_found(result, worker)
         else:
             self.metrics.shares.labels("rejected").inc()
             self.metrics.share_rejects.labels(result.reason.value).inc()
+            self.stats.rejected(worker.address, worker.name)
         return result
 
     def share_record(self, result: Accepted, worker: Worker) -> ShareRecord:

@@ -1,0 +1,94 @@
+"""Shared fixtures: a real regtest bitcoind (built by scripts/build-bitcoind.sh) and an in-process pool."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from pool.node.regtest import BitcoindNotFound, RegtestNode, find_bitcoind_dir
+
+
+def _bitcoind_dir() -> Path:
+    try:
+        return find_bitcoind_dir()
+    except BitcoindNotFound as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def bitcoind_dir() -> Path:
+    return _bitcoind_dir()
+
+
+def start_node(tmp_path: Path, bin_dir: Path) -> RegtestNode:
+    node = RegtestNode(tmp_path, bin_dir)
+    node.start()
+    node.ensure_wallet("pool")
+    return node
+
+
+@pytest.fixture(scope="module")
+def regtest(tmp_path_factory: pytest.TempPathFactory, bitcoind_dir: Path) -> Iterator[RegtestNode]:
+    """One regtest node per test module, with a wallet named 'pool'."""
+    node = start_node(tmp_path_factory.mktemp("regtest"), bitcoind_dir)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def fresh_regtest(tmp_path: Path, bitcoind_dir: Path) -> Iterator[RegtestNode]:
+    """A node of the test's own, for tests that stop, restart or reorganise it."""
+    node = start_node(tmp_path / "node", bitcoind_dir)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def pool_config(node: RegtestNode, data_dir: Path, **overrides: dict) -> object:
+    """Config for an in-process pool on ``node``: Stratum on a free 127.0.0.1 port, tiny difficulty."""
+    from pool.config import parse_config
+
+    address = node.rpc("getnewaddress", wallet="pool")
+    raw: dict = {
+        "data_dir": str(data_dir),
+        "node": {
+            "rpc_url": node.rpc_url,
+            "rpc_user": node.user,
+            "rpc_password": node.password,
+            "network": "regtest",
+            "zmq_hashblock": node.zmq_endpoint,
+            "refresh_interval": 30,
+        },
+        "stratum": {"host": "127.0.0.1", "port": 0, "pool_tag": "/pool-test/"},
+        "difficulty": {"start": 1e-8, "min": 1e-10, "max": 1e6, "target_share_interval": 10},
+        "payout": {"scheme": "pplns", "pool_address": address},
+        "metrics": {"port": 0},
+        "logging": {"level": "warning", "format": "json"},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return parse_config(raw, env={})
+
+
+@pytest.fixture
+async def pool_app(regtest: RegtestNode, tmp_path: Path) -> AsyncIterator[object]:
+    """A running pool on the module's regtest node."""
+    from pool.app import PoolApp
+
+    app = PoolApp(pool_config(regtest, tmp_path / "pool"))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
