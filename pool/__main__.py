@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
 from pool.config import Config, ConfigError, embedded_default, load_config
 
@@ -20,7 +21,55 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=9100, help="embedded mode: metrics/API port (0: any free)")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config")
+
+    def ledger_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config file (its ledger is read)")
+        p.add_argument("--data-dir", default="data", help="without --config: the data dir of the embedded mode")
+        p.add_argument("--ledger", help="path of the SQLite ledger (overrides the above)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ledger_args(sub.add_parser("workers", help="shares, blocks and credits per worker"))
+    ledger_args(sub.add_parser("blocks", help="found blocks and their status"))
+    payouts = sub.add_parser("payouts", help="credits, payments and balances")
+    ledger_args(payouts)
+    payouts.add_argument("--by", choices=("address", "worker"), default="address")
+    audit = sub.add_parser("audit", help="verify or export the hash-chained audit log")
+    audit.add_argument("action", choices=("verify", "export"))
+    audit.add_argument("--format", choices=("csv", "json"), default="csv")
+    ledger_args(audit)
     return parser
+
+
+def _ledger_path(args: argparse.Namespace) -> Path:
+    if args.ledger:
+        return Path(args.ledger)
+    if args.config:
+        return load_config(args.config).ledger_file
+    return embedded_default(args.data_dir).ledger_file
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pool import reports
+
+    path = _ledger_path(args)
+    try:
+        if args.command == "audit":
+            if args.action == "verify":
+                ok, message = reports.audit_verify(path)
+                print(message)
+                return 0 if ok else 1
+            print(reports.audit_export(path, "json" if args.json else args.format))
+            return 0
+        table = {
+            "workers": lambda: reports.workers(path),
+            "blocks": lambda: reports.blocks(path),
+            "payouts": lambda: reports.payouts(path, args.by),
+        }[args.command]()
+    except FileNotFoundError as exc:
+        print(f"pool: {exc}", file=sys.stderr)
+        return 1
+    print(reports.render(table, args.json))
+    return 0
 
 
 def _banner(config: Config, port: int, pool_address: str, http_port: int) -> str:
@@ -59,6 +108,8 @@ async def _run(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("workers", "blocks", "payouts", "audit"):
+            return _report(args)
         if args.command == "check-config":
             load_config(args.config)
             print(f"{args.config}: OK")

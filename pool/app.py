@@ -12,9 +12,13 @@ import structlog
 from pool.bitcoin.address import address_to_script
 from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
+from pool.ledger.accounting import fee_basis_points
+from pool.ledger.book import REJECTED, Policy
 from pool.ledger.sqlite import Ledger
 from pool.mining.template import BlockTemplate
 from pool.node.blocks import BlockSubmitter, SubmitOutcome
+from pool.node.maturity import MaturityTracker
+from pool.node.payments import PaymentProcessor
 from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
 from pool.node.work import TemplateSource
@@ -41,6 +45,9 @@ class PoolApp:
         self.submitter: BlockSubmitter | None = None
         self.pool_address = config.payout.pool_address
         self.http: HttpApi | None = None
+        self.maturity: MaturityTracker | None = None
+        self.payments: PaymentProcessor | None = None
+        self.wallet: NodeClient | None = None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
@@ -80,7 +87,8 @@ class PoolApp:
         if chain and chain != expected[cfg.node.network]:
             raise RuntimeError(f"node.network is {cfg.node.network!r} but bitcoind runs chain {chain!r}")
         pool_script = address_to_script(self.pool_address, cfg.node.network) if self.pool_address else None
-        self.ledger = Ledger(cfg.ledger_file)
+        pc = cfg.payout
+        self.ledger = Ledger(cfg.ledger_file, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
         self.ledger.on_commit = self._on_commit
         self.submitter = BlockSubmitter(self.client, Path(cfg.data_dir) / "blocks", self._on_block_outcome)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
@@ -103,6 +111,16 @@ class PoolApp:
         self._tasks.append(asyncio.create_task(self.source.run(), name="template-source"))
         self._tasks.append(asyncio.create_task(self._age_loop(), name="template-age"))
         self._tasks.append(asyncio.create_task(self._loop_lag(), name="loop-lag"))
+        self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
+                                        on_change=self._on_block_status)
+        self._tasks.append(asyncio.create_task(self.maturity.run(), name="maturity"))
+        if pc.payments_enabled:
+            wallet_url = creds.url.rstrip("/") + (f"/wallet/{pc.wallet}" if pc.wallet else "")
+            wallet_creds = RpcCredentials(wallet_url, creds.user, creds.password, creds.cookie_file)
+            self.wallet = NodeClient(wallet_creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc)
+            self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
+                                             pc.payment_grace)
+            self._tasks.append(asyncio.create_task(self.payments.run(), name="payments"))
 
     def _on_commit(self, size: int, seconds: float) -> None:
         self.metrics.ledger_batch_size.observe(size)
@@ -138,10 +156,15 @@ class PoolApp:
         if outcome.confirmed:
             self.metrics.blocks.labels("confirmed").inc()
         self.metrics.share_to_submit_seconds.observe(max(0.0, time.time() - outcome.block.found_at))
-        if self.ledger is not None:
-            self.ledger.set_block_status(outcome.block.block_hash, "confirmed" if outcome.confirmed else stage)
+        if self.ledger is not None and not outcome.accepted:
+            self.ledger.set_block_status(outcome.block.block_hash, REJECTED)
         if self.source is not None:
             self.source.trigger("block-found")
+
+    def _on_block_status(self, changes: list[tuple[str, str]]) -> None:
+        for _, status in changes:
+            if status in ("confirmed", "orphaned"):
+                self.metrics.blocks.labels("matured" if status == "confirmed" else "orphaned").inc()
 
     async def _age_loop(self) -> None:
         while True:
@@ -252,5 +275,7 @@ class PoolApp:
             self.ledger.close()
         if self.client is not None:
             self.client.close()
+        if self.wallet is not None:
+            self.wallet.close()
         if self.node is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.node.stop)

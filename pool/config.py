@@ -64,6 +64,13 @@ class PayoutConfig:
     pool_address: str = ""
     fee_percent: float = 1.0
     pplns_factor: float = 2.0
+    maturity_margin: int = 1
+    maturity_check_interval: float = 30.0
+    payments_enabled: bool = False
+    payment_threshold: int = 1_000_000  # satoshis
+    payment_interval: float = 600.0
+    payment_grace: float = 120.0
+    wallet: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +229,13 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         pool_address=p.string("pool_address", ""),
         fee_percent=p.number("fee_percent", 1.0, 0, 100),
         pplns_factor=p.number("pplns_factor", 2.0, 0.01, 100),
+        maturity_margin=p.integer("maturity_margin", 1, 0, 1000),
+        maturity_check_interval=p.number("maturity_check_interval", 30.0, 0.1, 3600),
+        payments_enabled=p.boolean("payments_enabled", False),
+        payment_threshold=p.integer("payment_threshold_sats", 1_000_000, 546, 21_000_000 * 100_000_000),
+        payment_interval=p.number("payment_interval", 600.0, 0.1, 86400),
+        payment_grace=p.number("payment_grace", 120.0, 0, 86400),
+        wallet=p.string("wallet", ""),
     )
     p.done()
 

@@ -6,14 +6,17 @@ are reached through the objects passed in. This is the stratifier of the design,
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from pool.bitcoin.coinbase import TxOut
 from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
+from pool.ledger.accounting import fee_basis_points
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
 from pool.mining.jobs import Job, JobBook, PreparedTemplate, make_job
 from pool.mining.shares import Accepted, ShareResult, check_submission
@@ -75,7 +78,7 @@ class Coordinator:
         if not self.solo:
             assert self.pool_script is not None
             return "", [TxOut(value, self.pool_script)]
-        fee = value * round(self.config.payout.fee_percent * 100) // 10_000 if self.pool_script else 0
+        fee = value * fee_basis_points(self.config.payout.fee_percent) // 10_000 if self.pool_script else 0
         outputs = [TxOut(value - fee, worker.script)]
         if fee:
             assert self.pool_script is not None
@@ -116,7 +119,11 @@ class Coordinator:
 
     # ---- shares --------------------------------------------------------------------------------------------
 
-    def judge(self, event: ShareSubmitted, extranonce1: bytes) -> ShareResult:
+    def judge(self, event: ShareSubmitted, extranonce1: bytes) -> tuple[ShareResult, asyncio.Future[Any] | None]:
+        """Judge a share; an accepted one is queued to the ledger (the future resolves at its commit).
+
+        The share is queued before its block, so the block's PPLNS window includes the share that found it.
+        """
         result = check_submission(
             event.submission,
             self.book,
@@ -131,15 +138,17 @@ class Coordinator:
             self.metrics.shares.labels("accepted").inc()
             self.metrics.accepted_difficulty.inc(result.difficulty)
             self.stats.accepted(worker.address, worker.name, result.difficulty, time.time())
+            committed = self.ledger.record_share(self.share_record(result, worker))
             if result.is_block:
                 self._block_found(result, worker)
-        else:
-            self.metrics.shares.labels("rejected").inc()
-            self.metrics.share_rejects.labels(result.reason.value).inc()
-            self.stats.rejected(worker.address, worker.name)
-        return result
+            return result, committed
+        self.metrics.shares.labels("rejected").inc()
+        self.metrics.share_rejects.labels(result.reason.value).inc()
+        self.stats.rejected(worker.address, worker.name)
+        return result, None
 
     def share_record(self, result: Accepted, worker: Worker) -> ShareRecord:
+        t = result.job.template
         return ShareRecord(
             ts=time.time(),
             address=worker.address,
@@ -150,6 +159,9 @@ class Coordinator:
             height=result.job.template.height,
             block_hash=result.block_hash[::-1].hex(),
             is_block=result.is_block,
+            network_difficulty=target_to_difficulty(result.job.prepared.network_target),
+            subsidy=t.coinbase_value - t.total_fees,
+            expected_fees=t.total_fees,
         )
 
     def _block_found(self, result: Accepted, worker: Worker) -> None:
@@ -168,8 +180,18 @@ class Coordinator:
         self.last_block = found
         self.metrics.blocks.labels("found").inc()
         log.info("block_found", height=found.height, block_hash=block_hash, worker=worker.full_name)
+        t = job.template
         self.ledger.record_block(
-            BlockRecord(block_hash, found.height, worker.address, worker.name, found.reward, "submitted", found.found_at)
+            BlockRecord(
+                block_hash=block_hash,
+                height=found.height,
+                address=worker.address,
+                worker=worker.name,
+                reward=found.reward,
+                subsidy=t.coinbase_value - t.total_fees,
+                network_difficulty=target_to_difficulty(job.prepared.network_target),
+                found_at=found.found_at,
+            )
         )
         if self.submitter is not None:
             self.submitter.submit_soon(found)

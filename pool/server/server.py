@@ -236,8 +236,8 @@ class StratumServer:
     async def _dispatch(self, session: Session, event: Event) -> None:
         proto = session.protocol
         if isinstance(event, ShareSubmitted):
-            result = self.coordinator.judge(event, proto.extranonce1)
-            await self._answer_share(session, event, result)
+            result, committed = self.coordinator.judge(event, proto.extranonce1)
+            await self._answer_share(session, event, result, committed)
         elif isinstance(event, Subscribed):
             self.metrics.subscribes.inc()
             session.log = session.log.bind(agent=event.user_agent)
@@ -280,12 +280,12 @@ class StratumServer:
             session.log.info("protocol_error", reason=event.reason, fatal=event.fatal)
             session.errors += 1
 
-    async def _answer_share(self, session: Session, event: ShareSubmitted, result: ShareResult) -> None:
+    async def _answer_share(self, session: Session, event: ShareSubmitted, result: ShareResult,
+                            committed: asyncio.Future[Any] | None) -> None:
         proto = session.protocol
-        if isinstance(result, Accepted):
-            record = self.coordinator.share_record(result, event.worker)
+        if isinstance(result, Accepted) and committed is not None:
             try:
-                await self.coordinator.ledger.record_share(record)
+                await committed
             except Exception as exc:  # never answer true for a share the ledger did not take
                 session.log.error("ledger_write_failed", error=str(exc))
                 proto.answer_error(event.request_id, 20, "Share not recorded, please resubmit")

@@ -33,7 +33,7 @@ def batch_rpc(node: Any, calls: list[tuple[str, list[Any]]], wallet: str | None 
     url = node.rpc_url + (f"/wallet/{wallet}" if wallet else "/")
     body = json.dumps(
         [{"jsonrpc": "1.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)],
-        default=lambda o: float(o) if isinstance(o, Decimal) else str(o),
+        default=str,  # Decimal amounts as exact strings (bitcoind accepts them)
     ).encode()
     auth = base64.b64encode(f"{node.user}:{node.password}".encode()).decode()
     req = urllib.request.Request(url, data=body, headers={"Authorization": f"Basic {auth}",
@@ -201,3 +201,28 @@ async def check_pool_coinbase(node: Any, block_hash: str, pool_address: str) -> 
     assert all(sats(o["value"]) == 0 for o in others), others
     assert sum(sats(o["value"]) for o in cb["vout"]) == expected
     return block
+
+
+async def connect_miner(port: int, username: str, password: str = "x", timeout: float = 10.0) -> TestMiner:
+    """A TestMiner on 127.0.0.1:port, handshaken and holding a job."""
+    miner = TestMiner("127.0.0.1", port, username, password)
+    await asyncio.wait_for(miner.connect(), timeout)
+    try:
+        await asyncio.wait_for(miner.handshake(), timeout)
+        await miner.wait_job(timeout)
+    except BaseException:
+        await miner.close()
+        raise
+    return miner
+
+
+async def mine_block_on(miner: TestMiner, tip: str, timeout: float = 10.0) -> tuple[dict[str, Any], str, NotifyJob]:
+    """Wait for work on ``tip``, solve a share that is also a block, submit it; (reply, block hash, job)."""
+    await wait_job_on(miner, tip, timeout)
+    job = latest_job_on(miner, tip)
+    assert job is not None
+    difficulty = miner.job_difficulty.get(job.job_id, miner.difficulty)
+    target = min(share_target(difficulty), bits_target(job.nbits))
+    en2, ntime, nonce, h = solve_where(miner, job, lambda v: v <= target)
+    reply = await miner.submit(job, en2, ntime, nonce)
+    return reply, display_hash(h), job

@@ -1,0 +1,220 @@
+"""Ledger operations on an open SQLite connection, each run inside the writer's transaction.
+
+The accounting itself lives in ``accounting.py`` (pure); this module only reads the rows it needs, calls it,
+and writes the results plus their audit entries. Every state change of a block, credit or payment appends
+to the hash-chained audit log in the same transaction, so the log and the tables cannot disagree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from pool.ledger.accounting import Split, WindowShare, pplns_split, pps_value, solo_split
+from pool.ledger.audit import GENESIS, canonical, entry_hash
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS shares (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    address TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    difficulty REAL NOT NULL,
+    share_difficulty REAL NOT NULL,
+    job_id TEXT NOT NULL,
+    height INTEGER NOT NULL,
+    block_hash TEXT NOT NULL,
+    is_block INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS shares_address ON shares(address, worker);
+CREATE TABLE IF NOT EXISTS blocks (
+    block_hash TEXT PRIMARY KEY,
+    height INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    reward INTEGER NOT NULL,
+    subsidy INTEGER NOT NULL DEFAULT 0,
+    network_difficulty REAL NOT NULL DEFAULT 0,
+    scheme TEXT NOT NULL DEFAULT 'pplns',
+    fee INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    confirmations INTEGER NOT NULL DEFAULT 0,
+    found_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_share_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS credits (
+    id INTEGER PRIMARY KEY,
+    block_hash TEXT,
+    share_id INTEGER,
+    address TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credits_block ON credits(block_hash);
+CREATE INDEX IF NOT EXISTS credits_address ON credits(address, status);
+CREATE TABLE IF NOT EXISTS payments (
+    id INTEGER PRIMARY KEY,
+    batch TEXT NOT NULL,
+    address TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    txid TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payments_batch ON payments(batch);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"""
+
+# Block states and what they mean for the block's credits.
+PENDING, CONFIRMED, ORPHANED, REJECTED = "pending", "confirmed", "orphaned", "rejected"
+CREDIT_STATUS_FOR_BLOCK = {PENDING: "pending", CONFIRMED: "payable", ORPHANED: "void", REJECTED: "void"}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Accounting settings the writer applies (from the payout config)."""
+
+    scheme: str = "pplns"
+    fee_bp: int = 100
+    pplns_factor: float = 2.0
+
+
+def audit(conn: sqlite3.Connection, kind: str, payload: dict[str, Any]) -> str:
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+    ts = time.time()
+    body = canonical(payload)
+    digest = entry_hash(prev, seq, ts, kind, body)
+    conn.execute("INSERT INTO audit (seq, ts, kind, payload, prev_hash, hash) VALUES (?,?,?,?,?,?)",
+                 (seq, ts, kind, body, prev, digest))
+    return digest
+
+
+def insert_share(conn: sqlite3.Connection, policy: Policy, s: Any, network_difficulty: float, subsidy: int,
+                 expected_fees: int) -> int:
+    cur = conn.execute(
+        "INSERT INTO shares (ts, address, worker, difficulty, share_difficulty, job_id, height, block_hash,"
+        " is_block) VALUES (?,?,?,?,?,?,?,?,?)",
+        (s.ts, s.address, s.worker, s.difficulty, s.share_difficulty, s.job_id, s.height, s.block_hash,
+         int(s.is_block)),
+    )
+    share_id = int(cur.lastrowid or 0)
+    if policy.scheme in ("pps", "fpps") and network_difficulty > 0:
+        fees = expected_fees if policy.scheme == "fpps" else 0
+        amount = pps_value(s.difficulty, network_difficulty, subsidy, policy.fee_bp, fees)
+        if amount > 0:
+            conn.execute(
+                "INSERT INTO credits (block_hash, share_id, address, worker, amount, kind, status, created_at)"
+                " VALUES (NULL,?,?,?,?,?,?,?)",
+                (share_id, s.address, s.worker, amount, policy.scheme, "payable", s.ts),
+            )
+    return share_id
+
+
+def insert_block(conn: sqlite3.Connection, policy: Policy, b: Any) -> dict[str, Any]:
+    """Record a found block and, under PPLNS/SOLO, its credits (pending until it matures)."""
+    if conn.execute("SELECT 1 FROM blocks WHERE block_hash=?", (b.block_hash,)).fetchone():
+        return {"duplicate": True}
+    last_share = conn.execute("SELECT MAX(id) FROM shares").fetchone()[0]
+    if policy.scheme == "pplns":
+        rows = conn.execute(
+            "SELECT id, address, worker, difficulty FROM shares WHERE id <= ? ORDER BY id DESC",
+            (last_share or 0,),
+        )
+        split = pplns_split(b.reward, policy.fee_bp, (WindowShare(*r) for r in rows), b.network_difficulty,
+                            policy.pplns_factor)
+    elif policy.scheme == "solo":
+        split = solo_split(b.reward, policy.fee_bp, (b.address, b.worker))
+    else:  # PPS/FPPS: shares were paid as they came; the whole block belongs to the pool
+        split = Split(b.reward, b.reward, {}, Fraction(0), None, None)
+    now = time.time()
+    conn.execute(
+        "INSERT INTO blocks (block_hash, height, address, worker, reward, subsidy, network_difficulty, scheme, fee,"
+        " status, confirmations, found_at, updated_at, last_share_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (b.block_hash, b.height, b.address, b.worker, b.reward, b.subsidy, b.network_difficulty, policy.scheme,
+         split.fee, PENDING, 0, b.found_at, now, last_share),
+    )
+    credit_status = "onchain" if policy.scheme == "solo" else "pending"
+    kind = "solo" if policy.scheme == "solo" else "pplns"
+    for (address, worker), amount in sorted(split.credits.items()):
+        conn.execute(
+            "INSERT INTO credits (block_hash, share_id, address, worker, amount, kind, status, created_at)"
+            " VALUES (?,NULL,?,?,?,?,?,?)",
+            (b.block_hash, address, worker, amount, kind, credit_status, now),
+        )
+    payload = {
+        "block_hash": b.block_hash, "height": b.height, "finder": f"{b.address}.{b.worker}", "reward": b.reward,
+        "fee": split.fee, "scheme": policy.scheme, "window_difficulty": str(split.window_difficulty),
+        "first_share_id": split.first_share_id, "last_share_id": split.last_share_id,
+        "credits": [[a, w, v] for (a, w), v in sorted(split.credits.items())],
+    }
+    audit(conn, "block_found", payload)
+    return payload
+
+
+def set_block_status(conn: sqlite3.Connection, block_hash: str, status: str, confirmations: int) -> bool:
+    """Move a block to a new state; its credits follow (confirmed → payable, orphaned → void, back again)."""
+    row = conn.execute("SELECT status, scheme FROM blocks WHERE block_hash=?", (block_hash,)).fetchone()
+    if row is None:
+        return False
+    old, scheme = row
+    conn.execute("UPDATE blocks SET confirmations=?, updated_at=? WHERE block_hash=?",
+                 (confirmations, time.time(), block_hash))
+    if old == status:
+        return False
+    conn.execute("UPDATE blocks SET status=? WHERE block_hash=?", (status, block_hash))
+    if scheme == "pplns":
+        # A block orphaned after its credits were paid leaves a negative balance that later credits repay.
+        new_credit = CREDIT_STATUS_FOR_BLOCK[status]
+        conn.execute("UPDATE credits SET status=? WHERE block_hash=? AND kind='pplns'", (new_credit, block_hash))
+    audit(conn, "block_status", {"block_hash": block_hash, "from": old, "to": status, "confirmations": confirmations})
+    return True
+
+
+def balances(conn: sqlite3.Connection) -> dict[str, int]:
+    """Payable balance per address: payable credits minus payments sending or sent."""
+    owed = dict(conn.execute(
+        "SELECT address, SUM(amount) FROM credits WHERE status='payable' GROUP BY address").fetchall())
+    paid = dict(conn.execute(
+        "SELECT address, SUM(amount) FROM payments WHERE status IN ('sending','sent') GROUP BY address").fetchall())
+    return {a: int(owed.get(a, 0)) - int(paid.get(a, 0)) for a in set(owed) | set(paid)}
+
+
+def create_payments(conn: sqlite3.Connection, batch: str, threshold: int) -> list[tuple[str, int]]:
+    """Record, before anything is sent, a payment for every address at or above the threshold."""
+    due = sorted((a, v) for a, v in balances(conn).items() if v >= threshold and v > 0)
+    now = time.time()
+    for address, amount in due:
+        conn.execute(
+            "INSERT INTO payments (batch, address, amount, status, txid, created_at, updated_at)"
+            " VALUES (?,?,?,?,NULL,?,?)",
+            (batch, address, amount, "sending", now, now),
+        )
+    if due:
+        audit(conn, "payment_created", {"batch": batch, "payments": [[a, v] for a, v in due]})
+    return due
+
+
+def finish_payments(conn: sqlite3.Connection, batch: str, status: str, txid: str | None) -> None:
+    conn.execute("UPDATE payments SET status=?, txid=?, updated_at=? WHERE batch=? AND status='sending'",
+                 (status, txid, time.time(), batch))
+    audit(conn, "payment_" + status, {"batch": batch, "txid": txid})

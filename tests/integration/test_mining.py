@@ -1,0 +1,121 @@
+"""Mining through the pool against a real regtest bitcoind: blocks, coinbase, new-tip latency, stale/duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.support.chain import (
+    arpc,
+    bits_target,
+    check_pool_coinbase,
+    connect_miner,
+    mine_block_on,
+    solve_where,
+    wait_job_on,
+    wait_tip,
+)
+
+pytestmark = pytest.mark.integration
+
+ERR_STALE = 21
+ERR_DUPLICATE = 22
+
+
+async def _username(regtest, worker: str = "w1") -> str:
+    return f"{await arpc(regtest, 'getnewaddress', wallet='pool')}.{worker}"
+
+
+async def test_pool_blocks_become_chain_tip(regtest, pool_app):
+    miner = await connect_miner(pool_app.server.port, await _username(regtest))
+    try:
+        start_height = await arpc(regtest, "getblockcount")
+        for i in range(5):
+            tip = await arpc(regtest, "getbestblockhash")
+            reply, block_hash, _ = await mine_block_on(miner, tip)
+            assert reply.get("result") is True, (i, reply)
+            await wait_tip(regtest, block_hash, timeout=10)
+            header = await arpc(regtest, "getblockheader", block_hash)
+            assert header["previousblockhash"] == tip
+        assert await arpc(regtest, "getblockcount") == start_height + 5
+        assert pool_app.coordinator.blocks_found >= 5
+    finally:
+        await miner.close()
+
+
+async def test_coinbase_pays_pool_with_bip34_height(regtest, pool_app):
+    pool_address = pool_app.config.payout.pool_address
+    spare = await arpc(regtest, "getnewaddress", wallet="pool")
+    miner = await connect_miner(pool_app.server.port, await _username(regtest))
+    try:
+        heights_checked = []
+        # OP_N heights, the first multi-byte push, a push needing a sign byte (128), and past the regtest halving.
+        for want_height in (None, 17, 128, 151):
+            height = await arpc(regtest, "getblockcount")
+            if want_height is not None and height + 1 < want_height:
+                await arpc(regtest, "generatetoaddress", want_height - 1 - height, spare)
+            tip = await arpc(regtest, "getbestblockhash")
+            reply, block_hash, _ = await mine_block_on(miner, tip, timeout=15)
+            assert reply.get("result") is True, reply
+            await wait_tip(regtest, block_hash, timeout=10)
+            block = await check_pool_coinbase(regtest, block_hash, pool_address)
+            heights_checked.append(block["height"])
+        assert heights_checked[0] <= 16, heights_checked
+        assert heights_checked[1:] == [17, 128, 151], heights_checked
+    finally:
+        await miner.close()
+
+
+async def test_new_tip_sends_clean_jobs_within_one_second(regtest, pool_app):
+    spare = await arpc(regtest, "getnewaddress", wallet="pool")
+    miner = await connect_miner(pool_app.server.port, await _username(regtest))
+    latencies = []
+    try:
+        for _ in range(5):
+            (new_tip,) = await arpc(regtest, "generatetoaddress", 1, spare)
+            returned = time.monotonic()
+            job = await wait_job_on(miner, new_tip, timeout=5, clean=True)
+            latencies.append(job.received - returned)
+            await asyncio.sleep(0.2)
+        print("new-tip notify latencies (s):", [round(x, 4) for x in latencies])
+        assert all(lat < 1.0 for lat in latencies), latencies
+    finally:
+        await miner.close()
+
+
+async def test_duplicate_share_rejected_with_22(regtest, pool_app):
+    # d=1e-10 makes every hash a share, so a share that is *not* a block exists: submitting it does not move
+    # the tip, and the second submission is judged as a duplicate, not as stale.
+    miner = await connect_miner(pool_app.server.port, await _username(regtest), password="d=1e-10")
+    try:
+        job = miner.job
+        assert job is not None
+        network = bits_target(job.nbits)
+        en2, ntime, nonce, h = solve_where(miner, job, lambda v: v > network)
+        first = await miner.submit(job, en2, ntime, nonce)
+        assert first.get("result") is True, first
+        second = await miner.submit(job, en2, ntime, nonce)
+        assert second.get("result") in (None, False), second
+        assert second["error"][0] == ERR_DUPLICATE, second
+    finally:
+        await miner.close()
+
+
+async def test_share_for_job_before_new_tip_is_stale_21(regtest, pool_app):
+    spare = await arpc(regtest, "getnewaddress", wallet="pool")
+    miner = await connect_miner(pool_app.server.port, await _username(regtest), password="d=1e-10")
+    try:
+        old_job = miner.job
+        assert old_job is not None
+        (new_tip,) = await arpc(regtest, "generatetoaddress", 1, spare)
+        await wait_job_on(miner, new_tip, timeout=5, clean=True)
+        en2, ntime, nonce, _ = solve_where(miner, old_job, lambda v: True)
+        reply = await miner.submit(old_job, en2, ntime, nonce)
+        assert reply.get("error") is not None and reply["error"][0] == ERR_STALE, reply
+        # Work on the new tip is still accepted on the same connection.
+        reply, block_hash, _ = await mine_block_on(miner, new_tip)
+        assert reply.get("result") is True, reply
+    finally:
+        await miner.close()

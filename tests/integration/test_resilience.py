@@ -1,0 +1,69 @@
+"""The pool survives bitcoind going away and coming back, and mining resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pool_config
+from tests.support.chain import arpc, connect_miner, mine_block_on, wait_job_on, wait_tip, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+async def test_bitcoind_restart_mid_run(fresh_regtest, tmp_path: Path):
+    from pool.app import PoolApp
+
+    node = fresh_regtest
+    app = PoolApp(await asyncio.to_thread(pool_config, node, tmp_path / "pool"))
+    await app.start()
+    miners: list = []
+    try:
+        user = f"{await arpc(node, 'getnewaddress', wallet='pool')}.w1"
+        miner = await connect_miner(app.server.port, user)
+        miners.append(miner)
+        tip = await arpc(node, "getbestblockhash")
+        reply, first_block, _ = await mine_block_on(miner, tip)
+        assert reply.get("result") is True, reply
+        await wait_tip(node, first_block, timeout=10)
+        await wait_job_on(miner, first_block, timeout=10, clean=True)
+
+        # ---- outage -----------------------------------------------------------------------------------------
+        await asyncio.to_thread(node.stop)
+        await asyncio.sleep(3)
+        assert all(not t.done() for t in app._tasks), [t for t in app._tasks if t.done()]
+
+        # Stratum still accepts a new miner, answers subscribe and hands out the last work it had.
+        late = await connect_miner(app.server.port, user.replace(".w1", ".w2"))
+        miners.append(late)
+        assert late.job is not None
+
+        # A share (a block, at this difficulty) submitted during the outage gets an answer, not a hang.
+        started = time.monotonic()
+        reply, outage_block, _ = await asyncio.wait_for(mine_block_on(miner, first_block, timeout=5), 10)
+        assert time.monotonic() - started < 5
+        assert reply.get("result") is True, reply  # valid work; the ledger is local, so it is credited
+
+        # ---- back ---------------------------------------------------------------------------------------------
+        await asyncio.to_thread(node.start)
+        assert await arpc(node, "getbestblockhash") in (first_block, outage_block)
+        # The block found during the outage was written to disk and is submitted once bitcoind answers again.
+        await wait_tip(node, outage_block, timeout=30)
+        tip = await arpc(node, "getbestblockhash")
+
+        for m in (miner, late):
+            reply, block_hash, _ = await mine_block_on(m, tip, timeout=30)
+            assert reply.get("result") is True, reply
+            await wait_tip(node, block_hash, timeout=15)
+            tip = block_hash
+        # Every found block ends up confirmed on disk, none left pending.
+        blocks_dir = tmp_path / "pool" / "blocks"
+        await wait_until(lambda: not list(blocks_dir.glob("*.pending.hex")), 15, what="no pending block files")
+        assert len(list(blocks_dir.glob("*.confirmed.hex"))) == 4
+    finally:
+        for m in miners:
+            await m.close()
+        await app.stop()
