@@ -11,17 +11,19 @@ import contextlib
 import itertools
 import time
 from collections import Counter as CountMap
+from collections import OrderedDict
 from typing import Any
 
 import structlog
 
 from pool.config import Config
 from pool.mining.extranonce import ExtranonceAllocator
-from pool.mining.shares import Accepted, ShareResult
+from pool.mining.shares import Accepted, Reject, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
 from pool.mining.workers import Worker, parse_worker
 from pool.ops.metrics import Metrics
 from pool.server.coordinator import Coordinator
+from pool.server.guard import AddressGuard, Escalation, GuardConfig, InvalidShareTracker, TokenBucket
 from pool.stratum.events import (
     Authorized,
     AuthorizeFailed,
@@ -45,14 +47,18 @@ class Session:
     """One connection's I/O state around its protocol core."""
 
     __slots__ = (
-        "id", "peer", "protocol", "writer", "vardiff", "connected", "last_activity", "worker", "has_work",
-        "errors", "log", "closing",
+        "id", "peer", "ip", "protocol", "writer", "vardiff", "connected", "last_activity", "worker", "has_work",
+        "errors", "log", "closing", "submits", "invalid", "rate_limited",
     )
 
-    def __init__(self, sid: int, peer: str, protocol: StratumProtocol, writer: asyncio.StreamWriter,
-                 vardiff: Vardiff) -> None:
+    def __init__(self, sid: int, peer: str, ip: str, protocol: StratumProtocol, writer: asyncio.StreamWriter,
+                 vardiff: Vardiff, submits: TokenBucket, invalid: InvalidShareTracker) -> None:
         self.id = sid
         self.peer = peer
+        self.ip = ip
+        self.submits = submits
+        self.invalid = invalid
+        self.rate_limited = 0
         self.protocol = protocol
         self.writer = writer
         self.vardiff = vardiff
@@ -66,7 +72,7 @@ class Session:
 
     def flush(self) -> None:
         data = self.protocol.data_to_send()
-        if data and not self.closing:
+        if data:
             transport = self.writer.transport
             if transport.is_closing():
                 return
@@ -102,6 +108,18 @@ class StratumServer:
         )
         self._network = config.node.network
         self._extranonces = ExtranonceAllocator(sc.extranonce1_size)
+        self._recent_extranonces: OrderedDict[bytes, float] = OrderedDict()
+        self.guard = AddressGuard(
+            GuardConfig(
+                connect_rate_per_ip=sc.connect_rate_per_ip,
+                connect_burst_per_ip=sc.connect_burst_per_ip,
+                submit_rate=sc.submit_rate,
+                submit_burst=sc.submit_burst,
+                invalid_share_limit=sc.invalid_share_limit,
+                strikes_to_ban=sc.strikes_to_ban,
+                ban_seconds=sc.ban_seconds,
+            )
+        )
         self.sessions: dict[int, Session] = {}
         self._per_ip: CountMap[str] = CountMap()
         self._ids = itertools.count(1)
@@ -146,13 +164,52 @@ class StratumServer:
         self.metrics.jobs_broadcast.labels("clean" if clean else "update").inc()
         return sent
 
-    def _send_work(self, session: Session, fresh: bool) -> None:
+    def _send_work(self, session: Session, fresh: bool, clean: bool = False) -> None:
         if session.worker is None:
             return
         job = (self.coordinator.fresh_job_for if fresh else self.coordinator.job_for)(session.worker)
         if job is not None:
-            session.protocol.send_job(job, clean_jobs=not session.has_work)
+            session.protocol.send_job(job, clean_jobs=clean or not session.has_work)
             session.has_work = True
+
+    # ---- operator actions ----------------------------------------------------------------------------------
+
+    def reconnect_all(self, host: str, port: int, wait_seconds: int = 0) -> int:
+        """Move miners elsewhere (draining this host): ``client.reconnect`` to every session."""
+        count = 0
+        for session in list(self.sessions.values()):
+            if session.protocol.subscribed and not session.closing:
+                session.protocol.send_reconnect(host, port, wait_seconds)
+                session.flush()
+                count += 1
+        return count
+
+    def set_version_mask(self, mask: int) -> int:
+        """Change the pool's version-rolling mask; rolling miners get ``mining.set_version_mask``."""
+        count = 0
+        for session in list(self.sessions.values()):
+            if session.protocol.set_pool_version_mask(mask):
+                session.flush()
+                count += 1
+        self._proto_config = ProtocolConfig(
+            self._proto_config.extranonce2_size, self._proto_config.max_line, mask,
+            self._proto_config.start_difficulty,
+        )
+        return count
+
+    def _resume(self, requested: str, current: bytes) -> bytes | None:
+        """Give a reconnecting miner its previous extranonce1 back if it was released recently."""
+        try:
+            value = bytes.fromhex(requested)
+        except ValueError:
+            return None
+        closed_at = self._recent_extranonces.get(value)
+        window = self.config.stratum.session_resume_seconds
+        if closed_at is None or time.monotonic() - closed_at > window or not self._extranonces.claim(value):
+            return None
+        del self._recent_extranonces[value]
+        self._extranonces.release(current)
+        return value
 
     # ---- connections ---------------------------------------------------------------------------------------
 
@@ -161,15 +218,29 @@ class StratumServer:
         ip = str(peername[0]) if peername else "?"
         peer = f"{ip}:{peername[1]}" if peername else "?"
         sc = self.config.stratum
-        if len(self.sessions) >= sc.max_connections or self._per_ip[ip] >= sc.max_connections_per_ip:
+        now = time.monotonic()
+        if self.guard.banned(ip, now):
+            self.metrics.disconnects.labels("banned").inc()
+            writer.transport.abort()
+            return
+        if (
+            len(self.sessions) >= sc.max_connections
+            or self._per_ip[ip] >= sc.max_connections_per_ip
+            or not self.guard.allow_connect(ip, now)
+        ):
             self.metrics.disconnects.labels("limit").inc()
             writer.transport.abort()
             return
         self._per_ip[ip] += 1
         extranonce1 = self._extranonces.allocate()
         sid = next(self._ids)
-        protocol = StratumProtocol(self._proto_config, extranonce1, self._authorizer)
-        session = Session(sid, peer, protocol, writer, Vardiff(self._vardiff_config, time.monotonic()))
+        protocol = StratumProtocol(
+            self._proto_config, extranonce1, self._authorizer, lambda h: self._resume(h, extranonce1)
+        )
+        session = Session(
+            sid, peer, ip, protocol, writer, Vardiff(self._vardiff_config, now),
+            TokenBucket(sc.submit_rate, sc.submit_burst, now), InvalidShareTracker(sc.invalid_share_limit),
+        )
         self.sessions[sid] = session
         self.metrics.connects.inc()
         self.metrics.connections.set(len(self.sessions))
@@ -186,11 +257,21 @@ class StratumServer:
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
                 del self._per_ip[ip]
-            self._extranonces.release(extranonce1)
+            self._extranonces.release(protocol.extranonce1)
+            self._remember_extranonce(protocol.extranonce1)
             self.metrics.connections.set(len(self.sessions))
             self.metrics.disconnects.labels(reason).inc()
             session.log.debug("disconnected", reason=reason)
             writer.transport.abort() if reason != "closed" else writer.close()
+
+    def _remember_extranonce(self, value: bytes) -> None:
+        now = time.monotonic()
+        recent = self._recent_extranonces
+        recent[value] = now
+        recent.move_to_end(value)
+        window = self.config.stratum.session_resume_seconds
+        while recent and (len(recent) > 100_000 or now - next(iter(recent.values())) > window):
+            recent.popitem(last=False)
 
     def _deadline(self, session: Session) -> tuple[float, str]:
         sc = self.config.stratum
@@ -222,7 +303,7 @@ class StratumServer:
             session.flush()
             if proto.closed or session.closing:
                 await self._drain(session)
-                return "protocol-error"
+                return "protocol-error" if proto.closed else "dropped"
             if session.errors > MAX_PROTOCOL_ERRORS:
                 return "too-many-errors"
 
@@ -236,12 +317,20 @@ class StratumServer:
     async def _dispatch(self, session: Session, event: Event) -> None:
         proto = session.protocol
         if isinstance(event, ShareSubmitted):
+            if not session.submits.take(time.monotonic()):
+                self.metrics.share_rejects.labels("rate-limited").inc()
+                proto.answer_error(event.request_id, 20, "Too many submits, slow down")
+                session.rate_limited += 1
+                if session.rate_limited > 10 * self.config.stratum.submit_burst:
+                    session.log.warning("submit_flood_dropped")
+                    session.closing = True
+                return
             result, committed = self.coordinator.judge(event, proto.extranonce1)
             await self._answer_share(session, event, result, committed)
         elif isinstance(event, Subscribed):
             self.metrics.subscribes.inc()
             session.log = session.log.bind(agent=event.user_agent)
-            session.log.debug("subscribed")
+            session.log.debug("subscribed", resumed=event.resumed_session)
             if proto.workers and not session.has_work:
                 self._send_work(session, fresh=False)
         elif isinstance(event, Authorized):
@@ -254,6 +343,7 @@ class StratumServer:
                 else:
                     proto.set_difficulty(session.vardiff.difficulty)
                 session.log.info("authorized")
+                proto.request_client_version()
             if proto.subscribed and not session.has_work:
                 self._send_work(session, fresh=False)
         elif isinstance(event, DifficultySuggested):
@@ -295,10 +385,28 @@ class StratumServer:
             if new is not None and new != proto.difficulty:
                 proto.set_difficulty(new)
                 self._send_work(session, fresh=True)
+            session.invalid.valid()
         else:
             session.log.debug("share_rejected", reason=result.reason.value, detail=result.detail)
             proto.answer_submit(event.request_id, result)
-            session.errors += 1
+            if result.reason is not Reject.STALE:
+                self._escalate(session, session.invalid.invalid())
+
+    def _escalate(self, session: Session, step: Escalation) -> None:
+        """Sustained invalid shares: fresh work, then reconnect, then drop with a strike (bans repeat offenders)."""
+        if step is Escalation.NONE:
+            return
+        session.log.warning("invalid_share_escalation", step=step.value, consecutive=session.invalid.consecutive)
+        self.metrics.protocol_errors.labels(f"escalation-{step.value}").inc()
+        if step is Escalation.FRESH_WORK:
+            self._send_work(session, fresh=True, clean=True)
+        elif step is Escalation.RECONNECT:
+            session.protocol.send_reconnect_same()
+        elif step is Escalation.DROP:
+            session.closing = True
+            if self.guard.strike(session.ip, time.monotonic()):
+                session.log.warning("address_banned", ip=session.ip, seconds=self.config.stratum.ban_seconds)
+                self.metrics.protocol_errors.labels("ban").inc()
 
     async def _housekeeping_loop(self) -> None:
         """Lower difficulty for miners that went quiet; counts sessions by state for metrics."""

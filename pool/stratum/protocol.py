@@ -51,6 +51,9 @@ class ProtocolConfig:
 
 
 Authorizer = Callable[[str, str], Worker]
+# Given the extranonce1 a miner asks to resume (hex), return it as bytes if it may have it back, else None.
+Resumer = Callable[[str], bytes | None]
+_SERVER_REQUEST_BASE = 1 << 30  # ids of our own requests (client.get_version), far from any miner's ids
 
 
 def _number(value: Any) -> float | None:
@@ -70,10 +73,16 @@ def _number(value: Any) -> float | None:
 class StratumProtocol:
     """One miner connection's protocol state machine."""
 
-    def __init__(self, config: ProtocolConfig, extranonce1: bytes, authorizer: Authorizer) -> None:
+    def __init__(self, config: ProtocolConfig, extranonce1: bytes, authorizer: Authorizer,
+                 resumer: Resumer | None = None) -> None:
         self.config = config
         self.extranonce1 = extranonce1
         self._authorize = authorizer
+        self._resume = resumer
+        self.requested_mask = 0
+        self.client_version: str | None = None
+        self._server_requests: dict[int, str] = {}
+        self._next_server_request = _SERVER_REQUEST_BASE
         self._framer = LineFramer(config.max_line)
         self._lines: deque[bytes] = deque()
         self._out: list[bytes] = []
@@ -126,7 +135,12 @@ class StratumProtocol:
         req_id = msg.get("id")
         method = msg.get("method")
         if method is None and ("result" in msg or "error" in msg):
-            return None  # a reply to one of our requests (client.get_version etc.)
+            # A reply to one of our requests; only client.get_version's answer is kept.
+            if isinstance(req_id, int) and self._server_requests.pop(req_id, None) == "client.get_version":
+                result = msg.get("result")
+                if isinstance(result, str):
+                    self.client_version = result[:128]
+            return None
         if not isinstance(method, str):
             self._send_error(req_id, ERR_OTHER, "Missing method")
             return ProtocolError("missing method", fatal=False)
@@ -147,7 +161,13 @@ class StratumProtocol:
     def _on_subscribe(self, req_id: Any, params: Any) -> Event | None:
         args = params if isinstance(params, list) else []
         ua = args[0] if args and isinstance(args[0], str) else ""
-        resumed = args[1] if len(args) > 1 and isinstance(args[1], str) else None
+        requested = args[1] if len(args) > 1 and isinstance(args[1], str) else None
+        resumed: str | None = None
+        if requested and not self.subscribed and self._resume is not None and len(requested) <= 16:
+            previous = self._resume(requested.lower())
+            if previous is not None:
+                self.extranonce1 = previous
+                resumed = requested.lower()
         self.user_agent = ua[:128]
         self.subscribed = True
         sid = self.extranonce1.hex()
@@ -238,6 +258,7 @@ class StratumProtocol:
             miner_mask = 0
         min_bits = options.get("version-rolling.min-bit-count", 0)
         min_bits = min_bits if isinstance(min_bits, int) and not isinstance(min_bits, bool) else 0
+        self.requested_mask = miner_mask
         mask = miner_mask & self.config.pool_version_mask
         if mask == 0 or mask.bit_count() < min_bits:
             self.version_mask = 0
@@ -309,8 +330,44 @@ class StratumProtocol:
     def answer_error(self, req_id: Any, code: int, message: str) -> None:
         self._send_error(req_id, code, message)
 
+    def set_extranonce(self, extranonce1: bytes) -> bool:
+        """Give the miner a new extranonce1; only for miners that subscribed to extranonce changes.
+
+        The caller must send fresh work next: miners apply the change from the next notify on.
+        """
+        if not self.extranonce_subscribed:
+            return False
+        self.extranonce1 = extranonce1
+        self._job_difficulty.clear()
+        self._send_notification("mining.set_extranonce", [extranonce1.hex(), self.config.extranonce2_size])
+        return True
+
+    def set_pool_version_mask(self, pool_mask: int) -> int:
+        """The pool's mask changed: tell a rolling miner its new mask (miner's request AND the pool's)."""
+        self.config = ProtocolConfig(
+            self.config.extranonce2_size, self.config.max_line, pool_mask, self.config.start_difficulty
+        )
+        if not self.version_mask:
+            return 0
+        self.version_mask = self.requested_mask & pool_mask
+        self._send_notification("mining.set_version_mask", [f"{self.version_mask:08x}"])
+        return self.version_mask
+
+    def request_client_version(self) -> None:
+        """Ask the miner for its version (``client.get_version``); the answer lands in ``client_version``."""
+        req_id = self._next_server_request
+        self._next_server_request += 1
+        self._server_requests[req_id] = "client.get_version"
+        if len(self._server_requests) > 8:
+            self._server_requests.pop(next(iter(self._server_requests)))
+        self._write({"id": req_id, "method": "client.get_version", "params": []})
+
     def send_reconnect(self, host: str, port: int, wait_seconds: int = 0) -> None:
         self._send_notification("client.reconnect", [host, port, wait_seconds])
+
+    def send_reconnect_same(self) -> None:
+        """``client.reconnect`` with no parameters: reconnect to the same host and port."""
+        self._send_notification("client.reconnect", [])
 
     def show_message(self, text: str) -> None:
         self._send_notification("client.show_message", [text])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
 
+from tests.conftest import pool_config
 from tests.support.chain import (
     arpc,
     bits_target,
@@ -83,6 +85,37 @@ async def test_new_tip_sends_clean_jobs_within_one_second(regtest, pool_app):
         assert all(lat < 1.0 for lat in latencies), latencies
     finally:
         await miner.close()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"longpoll": False}, {"zmq_hashblock": ""}],
+    ids=["zmq-only", "longpoll-only"],
+)
+async def test_new_tip_latency_per_notification_path(regtest, tmp_path, overrides):
+    """Each way the pool hears of a new tip (ZMQ hashblock, GBT long poll) is fast enough on its own."""
+    from pool.app import PoolApp
+
+    # pool_config(node, ...) cannot take a ``node=`` section override (its first parameter is named node).
+    config = await asyncio.to_thread(pool_config, regtest, tmp_path / "pool")
+    app = PoolApp(dataclasses.replace(config, node=dataclasses.replace(config.node, **overrides)))
+    await app.start()
+    miner = None
+    try:
+        spare = await arpc(regtest, "getnewaddress", wallet="pool")
+        miner = await connect_miner(app.server.port, await _username(regtest))
+        latencies = []
+        for _ in range(3):
+            await asyncio.sleep(0.3)  # let the long poll (if any) park again in bitcoind
+            (new_tip,) = await arpc(regtest, "generatetoaddress", 1, spare)
+            returned = time.monotonic()
+            job = await wait_job_on(miner, new_tip, timeout=5, clean=True)
+            latencies.append(job.received - returned)
+        assert all(lat < 1.0 for lat in latencies), latencies
+    finally:
+        if miner is not None:
+            await miner.close()
+        await app.stop()
 
 
 async def test_duplicate_share_rejected_with_22(regtest, pool_app):

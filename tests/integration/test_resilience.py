@@ -35,6 +35,7 @@ async def test_bitcoind_restart_mid_run(fresh_regtest, tmp_path: Path):
         await asyncio.to_thread(node.stop)
         await asyncio.sleep(3)
         assert all(not t.done() for t in app._tasks), [t for t in app._tasks if t.done()]
+        assert app.source.healthy is False
 
         # Stratum still accepts a new miner, answers subscribe and hands out the last work it had.
         late = await connect_miner(app.server.port, user.replace(".w1", ".w2"))
@@ -52,6 +53,7 @@ async def test_bitcoind_restart_mid_run(fresh_regtest, tmp_path: Path):
         assert await arpc(node, "getbestblockhash") in (first_block, outage_block)
         # The block found during the outage was written to disk and is submitted once bitcoind answers again.
         await wait_tip(node, outage_block, timeout=30)
+        await wait_until(lambda: app.source.healthy, 30, what="pool sees bitcoind again")
         tip = await arpc(node, "getbestblockhash")
 
         for m in (miner, late):
