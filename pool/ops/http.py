@@ -31,6 +31,8 @@ class HttpApi:
                 web.get("/api/pool", self.api_pool),
                 web.get("/api/address/{address}", self.api_address),
                 web.get("/api/blocks", self.api_blocks),
+                web.post("/admin/reconnect", self.admin_reconnect),
+                web.post("/admin/version-mask", self.admin_version_mask),
             ]
         )
         self._runner: web.AppRunner | None = None
@@ -73,6 +75,32 @@ class HttpApi:
         loop = asyncio.get_running_loop()
         body: dict[str, Any] = await loop.run_in_executor(None, self.pool.address_summary, address)
         return web.json_response(body, status=200 if body.get("known") else 404)
+
+    async def admin_reconnect(self, request: web.Request) -> web.Response:
+        """Drain this host: every miner gets ``client.reconnect`` to ``host:port`` (after ``wait`` seconds)."""
+        try:
+            host = request.query["host"]
+            port = int(request.query["port"])
+            wait = int(request.query.get("wait", "0"))
+        except (KeyError, ValueError):
+            return web.json_response({"error": "need host, port and optional wait (integers)"}, status=400)
+        if not 0 < port < 65536 or not host or len(host) > 255:
+            return web.json_response({"error": "bad host or port"}, status=400)
+        server = self.pool.server
+        count = server.reconnect_all(host, port, wait) if server else 0
+        return web.json_response({"sent": count})
+
+    async def admin_version_mask(self, request: web.Request) -> web.Response:
+        """Change the version-rolling mask at run time; rolling miners get ``mining.set_version_mask``."""
+        try:
+            mask = int(request.query["mask"], 16)
+        except (KeyError, ValueError):
+            return web.json_response({"error": "need mask=HEX"}, status=400)
+        if not 0 <= mask <= 0xFFFFFFFF:
+            return web.json_response({"error": "mask must be 32 bits"}, status=400)
+        server = self.pool.server
+        count = server.set_version_mask(mask) if server else 0
+        return web.json_response({"sent": count, "mask": f"{mask:08x}"})
 
     async def api_blocks(self, request: web.Request) -> web.Response:
         try:
