@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 import time
 from collections import Counter as CountMap
 from collections import OrderedDict
@@ -231,6 +232,12 @@ class StratumServer:
             self.metrics.disconnects.labels("limit").inc()
             writer.transport.abort()
             return
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # Keepalive finds half-open connections of miners that lost power; no-delay keeps notify fast.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._per_ip[ip] += 1
         extranonce1 = self._extranonces.allocate()
         sid = next(self._ids)
