@@ -51,7 +51,9 @@ class PreparedTemplate:
         """Compute the merkle branch and our own witness commitment, checked against bitcoind's."""
         branch = tuple(merkle_branch([tx.txid for tx in template.transactions]))
         commitment_script: bytes | None = None
-        if "segwit" in template.rules or template.default_witness_commitment is not None:
+        # bitcoind lists required rules with a '!' prefix ("!segwit").
+        segwit = any(rule.lstrip("!") == "segwit" for rule in template.rules)
+        if segwit or template.default_witness_commitment is not None:
             commitment = witness_commitment([tx.wtxid for tx in template.transactions])
             commitment_script = witness_commitment_script(commitment)
             dwc = template.default_witness_commitment

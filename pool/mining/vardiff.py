@@ -84,10 +84,15 @@ class Vardiff:
         return new
 
     def _retarget(self, now: float) -> float | None:
-        span = now - self._since
-        if span <= 0:
-            span = 1e-3
-        work_rate = sum(d for _, d in self._shares) / span  # difficulty-1 units per second
+        if len(self._shares) == self._shares.maxlen:
+            # The window is full and older shares have fallen out: measure from the oldest share kept,
+            # counting only the work done after it.
+            span = now - self._shares[0][0]
+            work = sum(d for _, d in list(self._shares)[1:])
+        else:
+            span = now - self._since
+            work = sum(d for _, d in self._shares)
+        work_rate = work / max(span, 1e-3)  # difficulty-1 units per second
         ideal = work_rate * self.config.target_interval
         ratio = ideal / self.difficulty
         self._last_retarget = now

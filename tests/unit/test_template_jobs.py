@@ -126,11 +126,6 @@ def test_commitment_mismatch_when_wtxid_is_wrong() -> None:
         PreparedTemplate.from_template(parse_template(gbt))
 
 
-@pytest.mark.xfail(
-    reason="BUG: PreparedTemplate checks `'segwit' in rules` but bitcoind lists the rule as '!segwit', "
-    "so without default_witness_commitment no commitment output is built",
-    strict=True,
-)
 def test_segwit_rule_without_default_commitment_still_commits() -> None:
     gbt = make_gbt(n_txs=2)
     del gbt["default_witness_commitment"]
