@@ -195,7 +195,21 @@ class PoolApp:
         for w in ranked:
             label = f"{w.address}.{w.name}" if w.name else w.address
             self.metrics.worker_hashrate.labels(label).set(w.hashrate(now, stats.window))
-            self.metrics.worker_last_share_age.labels(label).set(now - w.last_share if w.last_share else -1)
+            if w.last_share:
+                self.metrics.worker_last_share_age.labels(label).set(now - w.last_share)
+        if self.server is not None:
+            for state, count in self.server.session_states().items():
+                self.metrics.sessions.labels(state).set(count)
+
+    def pending_payouts(self) -> int:
+        """Satoshis credited and not yet paid (pending maturity or payable); read off the event loop."""
+        if self.ledger is None:
+            return 0
+        rows = self.ledger.query(
+            "SELECT COALESCE((SELECT SUM(amount) FROM credits WHERE status IN ('pending', 'payable')), 0)"
+            " - COALESCE((SELECT SUM(amount) FROM payments WHERE status IN ('sending', 'sent')), 0)"
+        )
+        return int(rows[0][0]) if rows else 0
 
     def readiness_problems(self) -> list[str]:
         problems = []

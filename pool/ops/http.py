@@ -53,6 +53,8 @@ class HttpApi:
             await self._runner.cleanup()
 
     async def metrics(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        self.pool.metrics.pending_payouts.set(await loop.run_in_executor(None, self.pool.pending_payouts))
         self.pool.refresh_gauges()
         body = generate_latest(self.pool.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

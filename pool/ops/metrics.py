@@ -59,7 +59,13 @@ class Metrics:
         self.accepted_difficulty = Counter(
             "pool_accepted_difficulty_total", "Sum of accepted share difficulty (rate() is hashrate / 2**32)", registry=r
         )
-        self.blocks = Counter("pool_blocks_total", "Blocks by stage", ["stage"], registry=r)
+        self.blocks = Counter(
+            "pool_blocks_total",
+            "Blocks by stage: found, submitted, accepted/rejected (by bitcoind), confirmed (in the node's chain"
+            " right after submit), matured (100+ confirmations, credits payable), orphaned (left the main chain)",
+            ["stage"],
+            registry=r,
+        )
         self.share_to_submit_seconds = Histogram(
             "pool_block_share_to_submit_seconds",
             "Time from a block-solving share to submitblock returning",

@@ -415,23 +415,27 @@ class StratumServer:
                 session.log.warning("address_banned", ip=session.ip, seconds=self.config.stratum.ban_seconds)
                 self.metrics.protocol_errors.labels("ban").inc()
 
+    def session_states(self) -> dict[str, int]:
+        states = {"connected": 0, "subscribed": 0, "authorized": 0}
+        for session in self.sessions.values():
+            proto = session.protocol
+            states["authorized" if proto.workers else "subscribed" if proto.subscribed else "connected"] += 1
+        return states
+
     async def _housekeeping_loop(self) -> None:
         """Lower difficulty for miners that went quiet; counts sessions by state for metrics."""
         while True:
             await asyncio.sleep(5)
             now = time.monotonic()
-            states: dict[str, int] = {"connected": 0, "subscribed": 0, "authorized": 0}
             for session in list(self.sessions.values()):
                 proto = session.protocol
-                state = "authorized" if proto.workers else "subscribed" if proto.subscribed else "connected"
-                states[state] += 1
                 if session.has_work:
                     new = session.vardiff.idle_check(now)
                     if new is not None:
                         proto.set_difficulty(new)
                         self._send_work(session, fresh=True)
                         session.flush()
-            for state, count in states.items():
+            for state, count in self.session_states().items():
                 self.metrics.sessions.labels(state).set(count)
 
     def stats(self) -> dict[str, Any]:
