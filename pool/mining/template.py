@@ -70,7 +70,7 @@ def parse_template(gbt: dict[str, Any]) -> BlockTemplate:
             for tx in gbt["transactions"]
         )
         dwc = gbt.get("default_witness_commitment")
-        return BlockTemplate(
+        template = BlockTemplate(
             height=int(gbt["height"]),
             version=int(gbt["version"]),
             prevhash=hex_to_hash(gbt["previousblockhash"]),
@@ -85,3 +85,6 @@ def parse_template(gbt: dict[str, Any]) -> BlockTemplate:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TemplateError(f"malformed getblocktemplate result: {exc!r}") from exc
+    if len(template.prevhash) != 32 or any(len(tx.txid) != 32 or len(tx.wtxid) != 32 for tx in txs):
+        raise TemplateError("malformed getblocktemplate result: a hash is not 32 bytes")
+    return template

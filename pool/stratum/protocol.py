@@ -56,6 +56,18 @@ Resumer = Callable[[str], bytes | None]
 _SERVER_REQUEST_BASE = 1 << 30  # ids of our own requests (client.get_version), far from any miner's ids
 
 
+def _reject_constant(name: str) -> float:
+    """NaN and Infinity are not JSON; echoing them back would break the miner's parser."""
+    raise ValueError(f"non-JSON constant {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
 def _number(value: Any) -> float | None:
     """A positive finite number from a JSON number or a numeric string (cpuminer-opt sends '0.500000')."""
     if isinstance(value, bool):
@@ -125,8 +137,8 @@ class StratumProtocol:
 
     def _handle_line(self, line: bytes) -> Event | None:
         try:
-            msg = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+            msg = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self._send_error(None, ERR_OTHER, "Invalid JSON")
             return ProtocolError("invalid JSON", fatal=False)
         if not isinstance(msg, dict):
@@ -390,7 +402,7 @@ class StratumProtocol:
         self._write({"id": None, "method": method, "params": params})
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._out.append(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        self._out.append(json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n")
 
 
 _HANDLERS: dict[str, Callable[[StratumProtocol, Any, Any], Event | None]] = {

@@ -91,6 +91,17 @@ def test_parse_template_errors(mutate: Any) -> None:
         parse_template(gbt)
 
 
+@pytest.mark.parametrize("field", ["previousblockhash", "txid", "hash"])
+def test_parse_template_rejects_short_hashes(field: str) -> None:
+    gbt = make_gbt(n_txs=2)
+    if field == "previousblockhash":
+        gbt[field] = "00" * 31
+    else:
+        gbt["transactions"][0][field] = "00" * 31
+    with pytest.raises(TemplateError):
+        parse_template(gbt)
+
+
 # ---- PreparedTemplate -----------------------------------------------------------------------------------
 
 
@@ -221,6 +232,16 @@ def test_make_job_coinbase_pays_outputs_and_commitment() -> None:
     assert tx.inputs[0][2][:4] == bytes.fromhex("0320a107")
 
 
+def test_solo_coinbase_fits_nerdminer_buffer() -> None:
+    """NerdMiner keeps the whole coinbase in 512 hex chars: a SOLO coinbase (P2TR finder + P2WPKH fee output +
+    witness commitment) at a mainnet height with the default tag and 4+8 extranonce bytes must fit."""
+    gbt = make_gbt(n_txs=3, height=900_000)
+    outs = [TxOut(gbt["coinbasevalue"] - 1000, bytes.fromhex("5120") + b"\x11" * 32), TxOut(1000, P2WPKH_SCRIPT)]
+    job = build_job(gbt, outputs=outs, pool_tag=b"/pool/", en_total=12)
+    coinb1, coinb2 = job.notify_params(True)[2:4]
+    assert len(coinb1) + 2 * 12 + len(coinb2) <= 512
+
+
 # ---- block assembly -------------------------------------------------------------------------------------
 
 
@@ -310,6 +331,6 @@ def test_jobbook_bounded_stale_memory() -> None:
     base = _job_on_tip("0", TIP_A)
     for i in range(10):
         book.add(make_job(str(i), base.prepared, [TxOut(1, P2WPKH_SCRIPT)], b"", 12, 0.0))
-    assert len(book._stale) == 3  # noqa: SLF001 - the bound itself is the behaviour under test
+    assert len(book._stale) == 3  # the bound itself is the behaviour under test
     assert [book.get(str(i)) for i in range(5, 8)] == [Lookup.STALE] * 3
     assert [book.get(str(i)) for i in range(5)] == [Lookup.UNKNOWN] * 5
