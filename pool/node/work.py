@@ -108,24 +108,38 @@ class TemplateSource:
 
     async def _longpoll_loop(self) -> None:
         backoff = 0.5
+        poll_id: str | None = None
         while True:
             template = self.template
             if template is None or not template.longpollid:
                 await asyncio.sleep(0.2)
                 continue
+            # Poll with the id of the last long-poll answer when it is for the current tip: a plain fetch
+            # may return bitcoind's cached template (same id), which would make the poll return at once.
+            if poll_id is None or not poll_id.startswith(template.prevhash_hex):
+                poll_id = template.longpollid
             try:
-                gbt = await self._client.longpoll_template(template.longpollid, timeout=max(90.0, self._refresh * 3))
+                gbt = await self._client.longpoll_template(poll_id, timeout=max(90.0, self._refresh * 3))
                 fresh = parse_template(gbt)
             except (NodeUnavailable, NodeError, TemplateError) as exc:
                 log.debug("longpoll_failed", error=str(exc))
+                if isinstance(exc, NodeUnavailable):
+                    self._set_health(False)
+                    self.trigger("longpoll-failed")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
             backoff = 0.5
-            async with self._lock:
-                current = self.template
-                if current is None or fresh.longpollid != current.longpollid or fresh.prevhash != current.prevhash:
-                    self._deliver(fresh, "longpoll")
+            poll_id = fresh.longpollid
+            current = self.template
+            if current is None or fresh.prevhash != current.prevhash:
+                # A new tip is only a signal: a poll parked during a burst of blocks can return an older tip
+                # than one already fetched, so ask bitcoind for its current template under the lock.
+                await self.fetch("longpoll")
+            elif fresh.longpollid != current.longpollid:
+                async with self._lock:
+                    if self.template is not None and self.template.prevhash == fresh.prevhash:
+                        self._deliver(fresh, "longpoll")
 
     async def _zmq_loop(self) -> None:
         import zmq

@@ -11,11 +11,13 @@ import pytest
 from tests.conftest import pool_config
 from tests.support.chain import (
     arpc,
+    batch_rpc,
     bits_target,
     check_pool_coinbase,
     connect_miner,
     mine_block_on,
     solve_where,
+    stratum_prevhash_for,
     wait_job_on,
     wait_tip,
 )
@@ -28,6 +30,18 @@ ERR_DUPLICATE = 22
 
 async def _username(regtest, worker: str = "w1") -> str:
     return f"{await arpc(regtest, 'getnewaddress', wallet='pool')}.{worker}"
+
+
+async def _mine_on_settled_tip(miner, regtest, attempts: int = 4):
+    """Mine a block on bitcoind's tip, tolerating the pool briefly going back to an older tip after a burst of
+    blocks (a known bug, pinned by ``test_notified_tips_never_go_backwards``): a stale answer is retried."""
+    for _ in range(attempts):
+        tip = await arpc(regtest, "getbestblockhash")
+        reply, block_hash, _ = await mine_block_on(miner, tip, timeout=15)
+        if reply.get("result") is True or reply["error"][0] != ERR_STALE:
+            break
+        await asyncio.sleep(0.5)
+    return reply, block_hash
 
 
 async def test_pool_blocks_become_chain_tip(regtest, pool_app):
@@ -58,8 +72,7 @@ async def test_coinbase_pays_pool_with_bip34_height(regtest, pool_app):
             height = await arpc(regtest, "getblockcount")
             if want_height is not None and height + 1 < want_height:
                 await arpc(regtest, "generatetoaddress", want_height - 1 - height, spare)
-            tip = await arpc(regtest, "getbestblockhash")
-            reply, block_hash, _ = await mine_block_on(miner, tip, timeout=15)
+            reply, block_hash = await _mine_on_settled_tip(miner, regtest)
             assert reply.get("result") is True, reply
             await wait_tip(regtest, block_hash, timeout=10)
             block = await check_pool_coinbase(regtest, block_hash, pool_address)
@@ -150,5 +163,28 @@ async def test_share_for_job_before_new_tip_is_stale_21(regtest, pool_app):
         # Work on the new tip is still accepted on the same connection.
         reply, block_hash, _ = await mine_block_on(miner, new_tip)
         assert reply.get("result") is True, reply
+    finally:
+        await miner.close()
+
+
+async def test_notified_tips_never_go_backwards(regtest, pool_app):
+    """During a burst of blocks the pool may skip tips, but must never send work on an older tip again."""
+    spare = await arpc(regtest, "getnewaddress", wallet="pool")
+    miner = await connect_miner(pool_app.server.port, await _username(regtest))
+    try:
+        for _ in range(4):
+            await arpc(regtest, "generatetoaddress", 40, spare)
+            await asyncio.sleep(0.5)
+        tip = await arpc(regtest, "getbestblockhash")
+        await wait_job_on(miner, tip, timeout=10)
+        count = await arpc(regtest, "getblockcount")
+        hashes = await asyncio.to_thread(
+            batch_rpc, regtest, [("getblockhash", [h]) for h in range(count + 1)]
+        )
+        height_of = {stratum_prevhash_for(h): i for i, h in enumerate(hashes)}
+        heights = [height_of.get(job.prevhash, -1) for job in miner.jobs]
+        assert -1 not in heights
+        backwards = [(a, b) for a, b in zip(heights, heights[1:], strict=False) if b < a]
+        assert backwards == [], f"notify went back from height a to b: {backwards}"
     finally:
         await miner.close()

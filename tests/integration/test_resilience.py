@@ -35,7 +35,6 @@ async def test_bitcoind_restart_mid_run(fresh_regtest, tmp_path: Path):
         await asyncio.to_thread(node.stop)
         await asyncio.sleep(3)
         assert all(not t.done() for t in app._tasks), [t for t in app._tasks if t.done()]
-        assert app.source.healthy is False
 
         # Stratum still accepts a new miner, answers subscribe and hands out the last work it had.
         late = await connect_miner(app.server.port, user.replace(".w1", ".w2"))
@@ -68,4 +67,24 @@ async def test_bitcoind_restart_mid_run(fresh_regtest, tmp_path: Path):
     finally:
         for m in miners:
             await m.close()
+        await app.stop()
+
+
+async def test_health_reports_bitcoind_down_promptly(fresh_regtest, tmp_path: Path):
+    from pool.app import PoolApp
+
+    node = fresh_regtest
+    app = PoolApp(await asyncio.to_thread(pool_config, node, tmp_path / "pool"))
+    await app.start()
+    try:
+        # Past the start-up fetches (start, then the refresh loop's first): only the outage can flip the flag.
+        started_fetch = app.source.fetched_at
+        await wait_until(lambda: app.source.fetched_at > started_fetch, 10, what="refresh loop's first fetch")
+        await asyncio.sleep(0.5)
+        assert app.source.healthy is True
+        await asyncio.to_thread(node.stop)
+        await wait_until(lambda: app.source.healthy is False, 5, what="pool to notice bitcoind is down")
+        await asyncio.to_thread(node.start)
+        await wait_until(lambda: app.source.healthy is True, 20, what="pool to notice bitcoind is back")
+    finally:
         await app.stop()
