@@ -27,7 +27,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 def workers(path: Path) -> Table:
     with _connect(path) as conn:
         rows = conn.execute(
-            "SELECT s.address, s.worker, COUNT(*), ROUND(SUM(s.difficulty), 8), datetime(MAX(s.ts), 'unixepoch'),"
+            "SELECT s.address, s.worker, COUNT(*), SUM(s.difficulty), datetime(MAX(s.ts), 'unixepoch'),"
             " (SELECT COUNT(*) FROM blocks b WHERE b.address = s.address AND b.worker = s.worker),"
             " COALESCE((SELECT SUM(amount) FROM credits c WHERE c.address = s.address AND c.worker = s.worker"
             "   AND c.status IN ('payable', 'onchain')), 0),"

@@ -186,6 +186,10 @@ def set_block_status(conn: sqlite3.Connection, block_hash: str, status: str, con
         # A block orphaned after its credits were paid leaves a negative balance that later credits repay.
         new_credit = CREDIT_STATUS_FOR_BLOCK[status]
         conn.execute("UPDATE credits SET status=? WHERE block_hash=? AND kind='pplns'", (new_credit, block_hash))
+    elif scheme == "solo":
+        # The coinbase paid the finder; if the block leaves the chain, so does that payment.
+        solo_status = "void" if status in (ORPHANED, REJECTED) else "onchain"
+        conn.execute("UPDATE credits SET status=? WHERE block_hash=? AND kind='solo'", (solo_status, block_hash))
     audit(conn, "block_status", {"block_hash": block_hash, "from": old, "to": status, "confirmations": confirmations})
     return True
 

@@ -77,8 +77,13 @@ def _number(value: Any) -> float | None:
             value = float(value.strip())
         except ValueError:
             return None
-    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
-        return float(value)
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:  # a 400-digit integer
+            return None
+        if math.isfinite(number) and number > 0:
+            return number
     return None
 
 
@@ -283,8 +288,14 @@ class StratumProtocol:
         if value is None:
             self._send_error(req_id, ERR_OTHER, "Difficulty must be a positive number")
             return ProtocolError("bad suggest_difficulty", fatal=False)
-        self._send_result(req_id, True)
+        self._answer_hint(req_id)
         return DifficultySuggested(value)
+
+    def _answer_hint(self, req_id: Any) -> None:
+        """A difficulty hint sent with id null is a JSON-RPC notification and gets no reply: bfgminer sends
+        ``suggest_target`` that way before subscribing and takes the next line as its subscribe reply."""
+        if req_id is not None:
+            self._send_result(req_id, True)
 
     def _on_suggest_target(self, req_id: Any, params: Any) -> Event | None:
         text = params[0] if isinstance(params, list) and params else None
@@ -295,7 +306,7 @@ class StratumProtocol:
         if target <= 0:
             self._send_error(req_id, ERR_OTHER, "Target must be 64 hex digits")
             return ProtocolError("bad suggest_target", fatal=False)
-        self._send_result(req_id, True)
+        self._answer_hint(req_id)
         return DifficultySuggested(DIFF1_TARGET / target)
 
     def _on_extranonce_subscribe(self, req_id: Any, params: Any) -> Event | None:

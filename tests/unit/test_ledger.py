@@ -290,9 +290,6 @@ async def test_solo_credit_is_onchain(ledger_factory):
     assert book_balances(ledger) == {}
 
 
-@pytest.mark.xfail(reason="BUG: set_block_status only moves credits of PPLNS blocks; an orphaned SOLO block's "
-                          "credit stays 'onchain', so reports count a coinbase that no longer exists as paid",
-                   strict=False)
 async def test_orphaned_solo_block_credit_is_not_reported_as_paid(ledger_factory):
     ledger = ledger_factory(Policy("solo", 100, 2.0))
     h, _ = await find_block(ledger, A, "rig")
@@ -465,3 +462,13 @@ async def test_cli_finds_ledger_via_config_and_data_dir(ledger_factory, tmp_path
 
     res = run_cli("blocks", "--ledger", str(tmp_path / "missing.sqlite3"))
     assert res.returncode == 1 and "no ledger" in res.stderr
+
+
+async def test_workers_report_keeps_tiny_difficulties(ledger: Ledger):
+    from pool import reports
+
+    for _ in range(3):
+        await ledger.record_share(share(A, difficulty=1e-11))
+    (row,) = reports.workers(ledger.path)[1]
+    assert row[2] == 3
+    assert row[3] == pytest.approx(3e-11)

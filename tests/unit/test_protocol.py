@@ -548,9 +548,18 @@ def test_configure_odd_params(params: Any) -> None:
 )
 def test_suggest_difficulty(value: Any, expected: float) -> None:
     proto = new_proto()  # before subscribe and authorize: accepted any time
-    events, out = drive(proto, req(None, "mining.suggest_difficulty", [value]))
-    assert out == [{"id": None, "result": True, "error": None}]
+    events, out = drive(proto, req(7, "mining.suggest_difficulty", [value]))
+    assert out == [{"id": 7, "result": True, "error": None}]
     assert events == [DifficultySuggested(expected)]
+
+
+@pytest.mark.parametrize("method, value", [("mining.suggest_difficulty", 1000), ("mining.suggest_target", "ff" * 28)])
+def test_difficulty_hint_with_null_id_is_a_notification(method: str, value: Any) -> None:
+    """bfgminer sends suggest_target with id null before subscribing and reads the next line as its
+    subscribe reply: a hint without an id must not be answered, though it still takes effect."""
+    events, out = drive(new_proto(), req(None, method, [value]))
+    assert out == []
+    assert isinstance(events[0], DifficultySuggested)
 
 
 @pytest.mark.parametrize("value", ["abc", -1, 0, True, "nan", "inf", None, [1]])

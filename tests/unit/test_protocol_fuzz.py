@@ -13,7 +13,7 @@ from pool.mining.jobs import JobBook
 from pool.mining.shares import check_submission
 from pool.mining.workers import parse_worker
 from pool.stratum.events import Authorized, DifficultySuggested, Event, ShareSubmitted, TransactionsRequested
-from pool.stratum.protocol import ProtocolConfig, StratumProtocol
+from pool.stratum.protocol import ProtocolConfig, StratumProtocol, _number
 from tests.unit.helpers import build_job, make_gbt, regtest_address
 
 EN1 = bytes.fromhex("0a0b0c0d")
@@ -106,9 +106,28 @@ def expected_replies(lines: list[bytes]) -> list[Any]:
             ids.append(None)
         elif msg.get("method") is None and ("result" in msg or "error" in msg):
             continue
+        elif msg.get("id") is None and _silent_hint(msg):
+            continue  # a valid difficulty hint sent as a JSON-RPC notification gets no reply
         else:
             ids.append(msg.get("id"))
     return ids
+
+
+def _silent_hint(msg: dict[str, Any]) -> bool:
+    """Whether a message is a well-formed suggest_difficulty/suggest_target (answered only when id is set)."""
+    params = msg.get("params", [])
+    params = [] if params is None else params
+    if not isinstance(params, list) or not params:
+        return False
+    if msg.get("method") == "mining.suggest_difficulty":
+        return _number(params[0]) is not None
+    if msg.get("method") == "mining.suggest_target":
+        text = params[0]
+        try:
+            return isinstance(text, str) and 0 < len(text) <= 64 and int(text, 16) > 0
+        except ValueError:
+            return False
+    return False
 
 
 # ---- strategies -----------------------------------------------------------------------------------------
