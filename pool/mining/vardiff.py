@@ -31,6 +31,7 @@ class Vardiff:
 
     def __init__(self, config: VardiffConfig, now: float, start: float | None = None) -> None:
         self.config = config
+        self.floor = config.minimum
         self.difficulty = self.clamp(start if start is not None else config.start)
         self._shares: deque[tuple[float, float]] = deque(maxlen=config.window_shares)
         self._since = now
@@ -38,7 +39,13 @@ class Vardiff:
         self.fixed = False
 
     def clamp(self, difficulty: float) -> float:
-        return min(max(difficulty, self.config.minimum), self.config.maximum)
+        return min(max(difficulty, self.floor), self.config.maximum)
+
+    def set_floor(self, difficulty: float) -> float:
+        """The miner's own minimum (BIP 310 ``minimum-difficulty``), within the pool's bounds."""
+        self.floor = min(max(difficulty, self.config.minimum), self.config.maximum)
+        self.difficulty = self.clamp(self.difficulty)
+        return self.difficulty
 
     def suggest(self, difficulty: float, now: float) -> float:
         """A miner's hint: adopted (within bounds) as the new starting point, not as a floor."""

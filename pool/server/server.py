@@ -354,6 +354,8 @@ class StratumServer:
             if proto.subscribed and not session.has_work:
                 self._send_work(session, fresh=False)
         elif isinstance(event, DifficultySuggested):
+            if event.minimum:
+                session.vardiff.set_floor(event.difficulty)
             new = session.vardiff.suggest(event.difficulty, time.monotonic())
             if new != proto.difficulty:
                 proto.set_difficulty(new)

@@ -54,9 +54,11 @@ class ShareRefused:
 
 @dataclass(frozen=True, slots=True)
 class DifficultySuggested:
-    """The miner asked for a difficulty (``suggest_difficulty``, ``suggest_target`` or configure)."""
+    """The miner asked for a difficulty (``suggest_difficulty``, ``suggest_target``), or with ``minimum`` set
+    declared the least it can work with (BIP 310 ``minimum-difficulty``)."""
 
     difficulty: float
+    minimum: bool = False
 
 
 @dataclass(frozen=True, slots=True)

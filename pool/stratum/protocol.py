@@ -258,7 +258,7 @@ class StratumProtocol:
                 result["minimum-difficulty"] = value is not None
                 if value is not None:
                     self.minimum_difficulty = value
-                    event = DifficultySuggested(value)
+                    event = DifficultySuggested(value, minimum=True)
             elif ext == "subscribe-extranonce":
                 self.extranonce_subscribed = True
                 result["subscribe-extranonce"] = True

@@ -512,7 +512,7 @@ def test_minimum_difficulty_extension() -> None:
     proto = new_proto()
     events, result = configure(proto, ["minimum-difficulty"], {"minimum-difficulty.value": 2048})
     assert result == {"minimum-difficulty": True}
-    assert events == [DifficultySuggested(2048.0)]
+    assert events == [DifficultySuggested(2048.0, minimum=True)]
     assert proto.minimum_difficulty == 2048.0
     events, result = configure(new_proto(), ["minimum-difficulty"], {"minimum-difficulty.value": "bad"})
     assert result == {"minimum-difficulty": False}

@@ -214,3 +214,16 @@ def test_idle_check_counts_from_last_share() -> None:
     v.record_share(64.0, 35.0)
     assert v.idle_check(50.0) is None  # only 15 s since the share
     assert v.idle_check(75.0) == 16.0
+
+
+def test_minimum_difficulty_is_a_floor_for_that_miner() -> None:
+    """BIP 310 minimum-difficulty: vardiff never goes below what the miner declared (within pool bounds)."""
+    cfg = VardiffConfig(start=1.0, minimum=0.001, maximum=1000.0, target_interval=10.0, retarget_seconds=30.0)
+    v = Vardiff(cfg, now=0.0)
+    assert v.set_floor(64.0) == 64.0
+    assert v.clamp(1.0) == 64.0
+    assert v.suggest(2.0, now=1.0) == 64.0
+    # A miner far too slow for its floor is not lowered beneath it.
+    assert v.idle_check(now=10_000.0) is None
+    assert v.difficulty == 64.0
+    assert v.set_floor(1e9) == 1000.0  # capped by the pool's maximum
