@@ -248,9 +248,23 @@ class PoolApp:
         shares = self.ledger.query(
             "SELECT worker, COUNT(*), SUM(difficulty) FROM shares WHERE address=? GROUP BY worker", (address,)
         ) if self.ledger else []
+        credits = dict(self.ledger.query(
+            "SELECT status, SUM(amount) FROM credits WHERE address=? GROUP BY status", (address,)
+        )) if self.ledger else {}
+        paid = dict(self.ledger.query(
+            "SELECT status, SUM(amount) FROM payments WHERE address=? GROUP BY status", (address,)
+        )) if self.ledger else {}
+        payable = int(credits.get("payable", 0))
+        sent = int(paid.get("sent", 0)) + int(paid.get("sending", 0))
         return {
             "address": address,
-            "known": bool(workers or shares),
+            "known": bool(workers or shares or credits),
+            "balance": {
+                "pending_sats": int(credits.get("pending", 0)),
+                "payable_sats": payable - sent,
+                "paid_sats": int(paid.get("sent", 0)),
+                "paid_in_coinbase_sats": int(credits.get("onchain", 0)),
+            },
             "hashrate": sum(float(w["hashrate"]) for w in workers),  # type: ignore[arg-type]
             "workers": workers,
             "shares": [{"worker": w, "count": c, "difficulty": d} for w, c, d in shares],
