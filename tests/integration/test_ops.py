@@ -279,6 +279,12 @@ async def test_http_api_endpoints(regtest, pool_app):
             assert status == 200, body
             assert body["ready"] is True and body["problems"] == []
 
+            async def pool_at_tip() -> dict[str, Any] | None:
+                # The pool moves to the new tip asynchronously (ZMQ / long poll); under load that takes a moment.
+                _, body = await get("/api/pool")
+                return body if body["height"] == await arpc(regtest, "getblockcount") + 1 else None
+
+            await wait_for(pool_at_tip, 20, "/api/pool to report the template on the current tip")
             status, body = await get("/api/pool")
             assert status == 200
             assert body["hashrate"] > 0
