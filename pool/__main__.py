@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pool: configuration error: {exc}", file=sys.stderr)
         return 2
-    from pool.ops.logging import configure_logging
+    from pool.ops.telemetry import configure_logging
 
     configure_logging(config.log_level, config.log_format)
     try:

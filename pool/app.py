@@ -15,15 +15,14 @@ from pool.config import Config
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
 from pool.ledger.sqlite import Ledger
-from pool.mining.template import BlockTemplate
+from pool.mining.jobs import BlockTemplate
 from pool.node.blocks import BlockSubmitter, SubmitOutcome
-from pool.node.maturity import MaturityTracker
-from pool.node.payments import PaymentProcessor
+from pool.node.payouts import MaturityTracker, PaymentProcessor
 from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
 from pool.node.work import TemplateSource
 from pool.ops.http import HttpApi
-from pool.ops.metrics import Metrics
+from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.server import StratumServer
 

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from pool.ledger.audit import AuditEntry, verify
+from pool.ledger.book import AuditEntry, verify
 
 Table = tuple[list[str], list[tuple[Any, ...]]]
 

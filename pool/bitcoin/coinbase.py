@@ -4,6 +4,10 @@ The miner receives the coinbase in two halves (``coinb1``/``coinb2``) and insert
 between them, so every connection hashes a distinct coinbase without the pool sending new work. The halves are
 the *legacy* serialization (what the txid commits to); the block itself carries the segwit serialization with
 the 32-byte witness reserved value (BIP 141).
+
+Merkle trees live here too: the coinbase is always leaf 0, so the branch a miner needs to rebuild the root is
+the list of siblings on leaf 0's path, which depends only on the other transactions (computed once per
+template). All hashes are in internal byte order.
 """
 
 from __future__ import annotations
@@ -11,9 +15,44 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from pool.bitcoin.merkle import merkle_root
 from pool.bitcoin.serialize import compact_size, push_data, push_script_number
 from pool.bitcoin.sharecheck import sha256d
+
+
+def merkle_root(leaves: list[bytes]) -> bytes:
+    """Root of a Bitcoin merkle tree (odd levels duplicate their last entry)."""
+    if not leaves:
+        raise ValueError("merkle tree needs at least one leaf")
+    level = list(leaves)
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        level = [sha256d(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def merkle_branch(other_leaves: list[bytes]) -> list[bytes]:
+    """Siblings of leaf 0 when leaf 0 (the coinbase) is prepended to ``other_leaves``.
+
+    Leaf 0's own value never influences its siblings, so a placeholder stands in for it.
+    """
+    branch: list[bytes] = []
+    level = [b"\x00" * 32, *other_leaves]
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        branch.append(level[1])
+        level = [b"\x00" * 32] + [sha256d(level[i] + level[i + 1]) for i in range(2, len(level), 2)]
+    return branch
+
+
+def fold_branch(leaf: bytes, branch: list[bytes]) -> bytes:
+    """Root reached from leaf 0 by hashing it with each branch entry in turn."""
+    node = leaf
+    for sibling in branch:
+        node = sha256d(node + sibling)
+    return node
+
 
 WITNESS_RESERVED_VALUE = b"\x00" * 32
 WITNESS_COMMITMENT_HEADER = b"\xaa\x21\xa9\xed"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.ledger import book
-from pool.ledger.audit import AuditEntry
+from pool.ledger.book import AuditEntry
 
 Op = Callable[[sqlite3.Connection], Any]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from pool.mining.template import BlockTemplate, TemplateError, parse_template
+from pool.mining.jobs import BlockTemplate, TemplateError, parse_template
 from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
 
 log = structlog.get_logger("pool.node.work")

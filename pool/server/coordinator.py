@@ -18,13 +18,12 @@ from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
-from pool.mining.jobs import Job, JobBook, PreparedTemplate, make_job
+from pool.mining.jobs import BlockTemplate, Job, JobBook, PreparedTemplate, make_job
 from pool.mining.shares import Accepted, ShareResult, check_submission
 from pool.mining.stats import PoolStats
-from pool.mining.template import BlockTemplate
 from pool.mining.workers import Worker
 from pool.node.blocks import BlockSubmitter, FoundBlock
-from pool.ops.metrics import Metrics
+from pool.ops.telemetry import Metrics
 from pool.stratum.events import ShareSubmitted
 
 log = structlog.get_logger("pool.coordinator")

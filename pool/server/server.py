@@ -22,7 +22,7 @@ from pool.mining.extranonce import ExtranonceAllocator
 from pool.mining.shares import Accepted, Reject, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
 from pool.mining.workers import Worker, parse_worker
-from pool.ops.metrics import Metrics
+from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.guard import AddressGuard, Escalation, GuardConfig, InvalidShareTracker, TokenBucket
 from pool.stratum.events import (

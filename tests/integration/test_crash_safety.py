@@ -17,7 +17,7 @@ import pytest
 
 from pool.app import PoolApp
 from pool.ledger import book
-from pool.node.payments import COMMENT_PREFIX, InjectedCrash, PaymentProcessor
+from pool.node.payouts import COMMENT_PREFIX, InjectedCrash, PaymentProcessor
 from pool.node.regtest import free_port
 from tests.conftest import pool_config
 from tests.support.chain import arpc, bits_target, connect_miner, display_hash, share_target, solve_where

@@ -268,8 +268,7 @@ def build_job(
 ) -> Any:
     """A Job from a GBT dict through the pool's own parse_template / PreparedTemplate / make_job."""
     from pool.bitcoin.coinbase import TxOut
-    from pool.mining.jobs import PreparedTemplate, make_job
-    from pool.mining.template import parse_template
+    from pool.mining.jobs import PreparedTemplate, make_job, parse_template
 
     template = parse_template(gbt if gbt is not None else make_gbt())
     prepared = PreparedTemplate.from_template(template)

@@ -16,8 +16,7 @@ import pytest
 
 from pool import reports
 from pool.ledger import book
-from pool.ledger.audit import GENESIS, AuditEntry, canonical, entry_hash, verify
-from pool.ledger.book import Policy
+from pool.ledger.book import GENESIS, AuditEntry, Policy, canonical, entry_hash, verify
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
 
 ROOT = Path(__file__).resolve().parents[2]

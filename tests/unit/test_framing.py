@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pool.stratum.framing import LineFramer, LineTooLong
+from pool.stratum.protocol import LineFramer, LineTooLong
 
 
 def test_line_split_across_chunks() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pool.bitcoin.merkle import fold_branch, merkle_branch, merkle_root
+from pool.bitcoin.coinbase import fold_branch, merkle_branch, merkle_root
 from tests.unit.helpers import dsha, parse_block, ref_merkle_root
 
 BLOCK_413567_HASH = "0000000000000000025aff8be8a55df8f89c77296db6198f272d6577325d4069"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pool.ops.metrics import Metrics
+from pool.ops.telemetry import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "config" / "grafana" / "pool-dashboard.json"

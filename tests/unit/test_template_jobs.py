@@ -8,8 +8,16 @@ from typing import Any
 import pytest
 
 from pool.bitcoin.coinbase import TxOut
-from pool.mining.jobs import JobBook, Lookup, PreparedTemplate, be32, make_job, stratum_prevhash
-from pool.mining.template import TemplateError, parse_template
+from pool.mining.jobs import (
+    JobBook,
+    Lookup,
+    PreparedTemplate,
+    TemplateError,
+    be32,
+    make_job,
+    parse_template,
+    stratum_prevhash,
+)
 from tests.unit.helpers import (
     P2WPKH_SCRIPT,
     PREVHASH_DISPLAY,

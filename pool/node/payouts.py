@@ -1,10 +1,15 @@
-"""Automatic payments through bitcoind's wallet, never twice.
+"""The ledger's side of bitcoind: block maturity and orphaning, and automatic wallet payments.
 
-Order of events for one round: (1) in one ledger transaction, every due balance becomes a ``sending`` payment
-row tagged with a batch id; (2) ``sendmany`` with the batch id as the transaction comment; (3) the rows become
-``sent`` with the txid. A crash between (2) and (3) leaves ``sending`` rows: reconciliation looks the batch id up
-among the wallet's transactions and marks them sent (found) or failed (not found after the grace period, so the
-balance becomes payable again). The balance already counts ``sending`` rows, so no round can pay them again.
+Maturity: polls bitcoind for every block the ledger has not finalised. ``confirmations == -1`` means the block
+is no longer in the main chain (orphaned, its credits voided); a block that comes back is pending again, and
+one with 100 + margin confirmations is confirmed (credits payable).
+
+Payments, never twice. One round: (1) in one ledger transaction, every due balance becomes a ``sending``
+payment row tagged with a batch id; (2) ``sendmany`` with the batch id as the transaction comment; (3) the rows
+become ``sent`` with the txid. A crash between (2) and (3) leaves ``sending`` rows: reconciliation looks the
+batch id up among the wallet's transactions and marks them sent (found) or failed (not found after the grace
+period, so the balance becomes payable again). Balances already count ``sending`` rows, so no round can pay
+them again.
 """
 
 from __future__ import annotations
@@ -17,10 +22,70 @@ from decimal import Decimal
 import structlog
 
 from pool.ledger import book
+from pool.ledger.book import CONFIRMED, ORPHANED, PENDING
 from pool.ledger.sqlite import Ledger
 from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
 
-log = structlog.get_logger("pool.node.payments")
+log = structlog.get_logger("pool.node.payouts")
+COINBASE_MATURITY = 100
+
+
+def classify(confirmations: int, required: int) -> str:
+    """Pure rule: the ledger state for a block with this many confirmations."""
+    if confirmations < 0:
+        return ORPHANED
+    return CONFIRMED if confirmations >= required else PENDING
+
+
+class MaturityTracker:
+    def __init__(self, client: NodeClient, ledger: Ledger, margin: int, interval: float,
+                 on_change: object = None) -> None:
+        self._client = client
+        self._ledger = ledger
+        self.required = COINBASE_MATURITY + margin
+        self._interval = interval
+        self._on_change = on_change
+
+    async def check_once(self) -> list[tuple[str, str]]:
+        """One pass over unfinished blocks; returns the (hash, new status) changes made."""
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(
+            None,
+            self._ledger.query,
+            "SELECT block_hash, status FROM blocks WHERE status IN ('pending', 'orphaned', 'confirmed')"
+            " ORDER BY height DESC LIMIT 2000",
+        )
+        changes = []
+        for block_hash, status in rows:
+            try:
+                header = await self._client.call("getblockheader", block_hash)
+                confirmations = int(header.get("confirmations", -1))
+            except NodeError as exc:
+                if exc.code == -5:  # block not known at all: never made it into the node
+                    confirmations = -1
+                else:
+                    raise
+            new = classify(confirmations, self.required)
+            if status == CONFIRMED and new == PENDING:
+                new = CONFIRMED  # maturity is never taken back except by a reorg
+            changed = await self._ledger.set_block_status(block_hash, new, confirmations)
+            if changed:
+                changes.append((block_hash, new))
+                log.info("block_status", block_hash=block_hash, status=new, confirmations=confirmations)
+        return changes
+
+    async def run(self) -> None:
+        while True:
+            try:
+                changes = await self.check_once()
+                if changes and callable(self._on_change):
+                    self._on_change(changes)
+            except (NodeUnavailable, NodeError) as exc:
+                log.warning("maturity_check_failed", error=str(exc))
+            await asyncio.sleep(self._interval)
+
+
+log = structlog.get_logger("pool.node.payouts")
 COMMENT_PREFIX = "pool-payout-"
 
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics: one registry per pool instance, named after Prometheus conventions.
+"""Telemetry: Prometheus metrics (one registry per pool instance, named after Prometheus conventions) and the
+structlog set-up (JSON lines in production, readable console output in a terminal).
 
 Kept in one place so dashboards and alert rules have a single list to refer to; the server and node modules
 only call these objects.
@@ -6,6 +7,10 @@ only call these objects.
 
 from __future__ import annotations
 
+import logging
+import sys
+
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -100,3 +105,23 @@ class Metrics:
         self.rpc_seconds.labels(method).observe(seconds)
         if error is not None:
             self.rpc_errors.labels(method, error).inc()
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog once for the whole process; ``auto`` picks console output on a TTY."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=False) if use_console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
