@@ -271,6 +271,16 @@ class StratumServer:
             session.log.debug("disconnected", reason=reason)
             writer.transport.abort() if reason != "closed" else writer.close()
 
+    def _change_extranonce(self, session: Session) -> None:
+        """A fresh extranonce1 for a miner that subscribed to changes (it may be re-hashing a spent range);
+        the caller sends fresh work right after, from which the miner applies it."""
+        old = session.protocol.extranonce1
+        new = self._extranonces.allocate()
+        if session.protocol.set_extranonce(new):
+            self._extranonces.release(old)
+        else:
+            self._extranonces.release(new)
+
     def _remember_extranonce(self, value: bytes) -> None:
         now = time.monotonic()
         recent = self._recent_extranonces
@@ -408,6 +418,8 @@ class StratumServer:
         session.log.warning("invalid_share_escalation", step=step.value, consecutive=session.invalid.consecutive)
         self.metrics.protocol_errors.labels(f"escalation-{step.value}").inc()
         if step is Escalation.FRESH_WORK:
+            if session.protocol.extranonce_subscribed:
+                self._change_extranonce(session)
             self._send_work(session, fresh=True, clean=True)
         elif step is Escalation.RECONNECT:
             session.protocol.send_reconnect_same()

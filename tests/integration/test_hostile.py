@@ -651,3 +651,40 @@ async def test_all_at_once(arena):
     assert arena.metric("pool_disconnects_total", {"reason": "limit"}) > 0
     assert arena.metric("pool_protocol_errors_total", {"kind": "fatal"}) >= 1
     await arena.finish()
+
+
+async def test_escalation_gives_an_extranonce_subscriber_a_new_extranonce(regtest, tmp_path: Path):
+    """A miner that subscribed to extranonce changes gets a fresh extranonce1 (mining.set_extranonce) before
+    the fresh clean job: sustained invalid shares may mean it re-hashes a range it already covered."""
+    limit = 4
+    stratum = {"invalid_share_limit": limit, "connect_burst_per_ip": 5000, "connect_rate_per_ip": 1000}
+    async with arena_on(regtest, tmp_path / "xn", stratum=stratum) as arena:
+        worker = f"{arena.user}.bad"
+        fw = await arena.client("nicehash-like")
+        try:
+            en1, en2_size = await arena.handshake(fw, first_id=500)
+            await fw.send_line('{"id": 502, "method": "mining.extranonce.subscribe", "params": []}')
+            assert (await fw.reply(502))["result"] is True
+            invalid = 0
+            for req_id in range(10_000, 10_040):  # bounded; stale answers (honest blocks) do not count
+                if invalid == limit:
+                    break
+                job = await fw.wait_job(timeout=5)
+                low = solve_low(job, en1, req_id.to_bytes(en2_size, "big"), job.version, job.difficulty)
+                await fw.send_line(
+                    _submit(req_id, worker, job.job_id, low.extranonce2.hex(), job.ntime, f"{low.nonce:08x}")
+                )
+                reply = await fw.reply(req_id)
+                if _code(reply) == ERR_LOW_DIFF:
+                    invalid += 1
+            assert invalid == limit
+            await wait_until(lambda: any(m.get("method") == "mining.set_extranonce" for m in fw.lines), 5,
+                             what="mining.set_extranonce after the invalid-share limit")
+            index, change = next((i, m) for i, m in enumerate(fw.lines) if m.get("method") == "mining.set_extranonce")
+            new_en1, new_size = change["params"]
+            assert bytes.fromhex(new_en1) != en1 and new_size == en2_size
+            following = _next_line_after(fw, index)
+            assert following.get("method") == "mining.notify" and following["params"][8] is True, following
+        finally:
+            await fw.close()
+        await arena.finish()
