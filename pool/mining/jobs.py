@@ -217,13 +217,17 @@ class Lookup(Enum):
 class JobBook:
     """Live jobs by id. Jobs of an older chain tip become stale; ids never seen are unknown.
 
-    Bounded: at most ``max_jobs`` live jobs and ``max_stale`` remembered stale ids, so a long-running pool or
-    a client sending random ids cannot grow it.
+    Bounded by template generations, not job counts: the jobs of the newest ``max_templates`` templates of the
+    current tip stay live however many payout variants and difficulty clones each has (a SOLO pool with
+    thousands of addresses builds thousands of jobs per template). ``max_jobs`` and ``max_stale`` are safety
+    caps so a long-running pool or a client sending random ids cannot grow it without bound.
     """
 
-    def __init__(self, max_jobs: int = 256, max_stale: int = 4096) -> None:
+    def __init__(self, max_templates: int = 16, max_jobs: int = 1_000_000, max_stale: int = 100_000) -> None:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._generations: OrderedDict[int, list[str]] = OrderedDict()
         self._stale: OrderedDict[str, None] = OrderedDict()
+        self._max_templates = max_templates
         self._max_jobs = max_jobs
         self._max_stale = max_stale
         self._counter = 0
@@ -240,8 +244,15 @@ class JobBook:
             for old_id in self._jobs:
                 self._remember_stale(old_id)
             self._jobs.clear()
+            self._generations.clear()
             self.tip = job.template.prevhash
         self._jobs[job.job_id] = job
+        self._generations.setdefault(id(job.prepared), []).append(job.job_id)
+        while len(self._generations) > self._max_templates:
+            _, old_ids = self._generations.popitem(last=False)
+            for old_id in old_ids:
+                if self._jobs.pop(old_id, None) is not None:
+                    self._remember_stale(old_id)
         while len(self._jobs) > self._max_jobs:
             old_id, _ = self._jobs.popitem(last=False)
             self._remember_stale(old_id)

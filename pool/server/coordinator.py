@@ -53,7 +53,7 @@ class Coordinator:
         self.ledger = ledger
         self.submitter = submitter
         self.metrics = metrics
-        self.book = JobBook(max_jobs=8192)
+        self.book = JobBook()
         self.prepared: PreparedTemplate | None = None
         self._jobs_by_key: dict[str, Job] = {}
         self._tag = config.stratum.pool_tag.encode()

@@ -342,3 +342,22 @@ def test_jobbook_bounded_stale_memory() -> None:
     assert len(book._stale) == 3  # the bound itself is the behaviour under test
     assert [book.get(str(i)) for i in range(5, 8)] == [Lookup.STALE] * 3
     assert [book.get(str(i)) for i in range(5)] == [Lookup.UNKNOWN] * 5
+
+
+def test_jobbook_keeps_every_job_of_recent_templates() -> None:
+    """A SOLO pool builds one job per payout address per template: thousands must all stay live, and only
+    whole template generations beyond ``max_templates`` go stale."""
+    book = JobBook(max_templates=3)
+    generations = []
+    for g in range(5):
+        prepared = _job_on_tip(f"base{g}", TIP_A).prepared  # a new template on the same tip
+        jobs = [make_job(f"{g}-{i}", prepared, [TxOut(1, P2WPKH_SCRIPT)], b"", 12, 0.0) for i in range(2000)]
+        for job in jobs:
+            book.add(job)
+        generations.append(jobs)
+    assert len(book) == 3 * 2000
+    for g, jobs in enumerate(generations):
+        expected_live = g >= 2
+        for job in (jobs[0], jobs[1999]):
+            found = book.get(job.job_id)
+            assert (found is job) if expected_live else (found is Lookup.STALE)
