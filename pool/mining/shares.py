@@ -109,7 +109,7 @@ class TargetCache:
     def get(self, difficulty: float) -> bytes:
         cached = self._cache.get(difficulty)
         if cached is None:
-            if len(self._cache) > 256:
+            if len(self._cache) > 65_536:  # one entry per live difficulty; vardiff gives every miner its own
                 self._cache.clear()
             cached = self._cache[difficulty] = target_bytes(difficulty_to_target(difficulty))
         return cached
