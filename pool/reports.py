@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from pool.ledger.book import AuditEntry, verify
+from pool.ledger.book import AuditEntry, read_audit, verify
 
 Table = tuple[list[str], list[tuple[Any, ...]]]
 
@@ -80,8 +80,7 @@ def payouts(path: Path, by: str = "address") -> Table:
 
 def audit_entries(path: Path) -> list[AuditEntry]:
     with _connect(path) as conn:
-        rows = conn.execute("SELECT seq, ts, kind, payload, prev_hash, hash FROM audit ORDER BY seq").fetchall()
-    return [AuditEntry(*row) for row in rows]
+        return read_audit(conn)
 
 
 def audit_verify(path: Path) -> tuple[bool, str]:

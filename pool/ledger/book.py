@@ -157,6 +157,12 @@ class Policy:
     pplns_factor: float = 2.0
 
 
+def read_audit(conn: sqlite3.Connection) -> list[AuditEntry]:
+    """The whole audit log in order, as ``verify`` reads it."""
+    rows = conn.execute("SELECT seq, ts, kind, payload, prev_hash, hash FROM audit ORDER BY seq").fetchall()
+    return [AuditEntry(*row) for row in rows]
+
+
 def audit(conn: sqlite3.Connection, kind: str, payload: dict[str, Any]) -> str:
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)

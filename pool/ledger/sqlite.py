@@ -177,8 +177,11 @@ class Ledger:
             conn.close()
 
     def audit_entries(self) -> list[AuditEntry]:
-        rows = self.query("SELECT seq, ts, kind, payload, prev_hash, hash FROM audit ORDER BY seq")
-        return [AuditEntry(*row) for row in rows]
+        conn = self._connect()
+        try:
+            return book.read_audit(conn)
+        finally:
+            conn.close()
 
     def close(self) -> None:
         if not self._stopped:

@@ -451,6 +451,3 @@ class StratumServer:
                         session.flush()
             for state, count in self.session_states().items():
                 self.metrics.sessions.labels(state).set(count)
-
-    def stats(self) -> dict[str, Any]:
-        return {"connections": len(self.sessions)}
