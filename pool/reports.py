@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def workers(path: Path) -> Table:
-    with _connect(path) as conn:
+    with closing(_connect(path)) as conn:
         rows = conn.execute(
             "SELECT s.address, s.worker, COUNT(*), SUM(s.difficulty), datetime(MAX(s.ts), 'unixepoch'),"
             " (SELECT COUNT(*) FROM blocks b WHERE b.address = s.address AND b.worker = s.worker),"
@@ -39,7 +40,7 @@ def workers(path: Path) -> Table:
 
 
 def blocks(path: Path) -> Table:
-    with _connect(path) as conn:
+    with closing(_connect(path)) as conn:
         rows = conn.execute(
             "SELECT height, block_hash, address || CASE WHEN worker != '' THEN '.' || worker ELSE '' END,"
             " reward, fee, scheme, status, confirmations, datetime(found_at, 'unixepoch')"
@@ -50,7 +51,7 @@ def blocks(path: Path) -> Table:
 
 def payouts(path: Path, by: str = "address") -> Table:
     """Credits, payments and balance per payout address (or per worker)."""
-    with _connect(path) as conn:
+    with closing(_connect(path)) as conn:
         if by == "worker":
             rows = conn.execute(
                 "SELECT address, worker,"
@@ -79,7 +80,7 @@ def payouts(path: Path, by: str = "address") -> Table:
 
 
 def audit_entries(path: Path) -> list[AuditEntry]:
-    with _connect(path) as conn:
+    with closing(_connect(path)) as conn:
         return read_audit(conn)
 
 
@@ -88,7 +89,7 @@ def audit_verify(path: Path) -> tuple[bool, str]:
     result = verify(audit_entries(path))
     if not result.ok:
         return False, f"audit log broken at entry {result.first_bad_seq}: {result.reason}"
-    with _connect(path) as conn:
+    with closing(_connect(path)) as conn:
         bad = conn.execute(
             "SELECT b.block_hash, b.reward, b.fee, COALESCE(SUM(c.amount), 0) FROM blocks b"
             " LEFT JOIN credits c ON c.block_hash = b.block_hash GROUP BY b.block_hash"
