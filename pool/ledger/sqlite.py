@@ -3,7 +3,9 @@
 Acknowledge-after-commit: ``record_share`` returns a future that resolves once the share's transaction is
 durable (``synchronous=FULL``), and the server answers the miner only then. Shares from many connections share
 one commit, so the cost is one fsync per batch, and a ``kill -9`` can never lose a share the pool said
-``true`` to. All accounting goes through ``book.py``; this module is only the transport.
+``true`` to. Batches form by themselves: while one commit's fsync runs, the next shares queue up and go
+into the next commit together, so the writer never waits on purpose (``max_wait`` 0) and a lone share is
+committed at once. All accounting goes through ``book.py``; this module is only the transport.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Ledger:
     """SQLite ledger with a single writer thread doing group commits."""
 
     def __init__(self, path: Path, policy: book.Policy | None = None, max_batch: int = 2000,
-                 max_wait: float = 0.002) -> None:
+                 max_wait: float = 0.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.policy = policy or book.Policy()
