@@ -316,7 +316,6 @@ class StratumServer:
             proto.receive_data(data)
             while (event := proto.next_event()) is not None:
                 await self._dispatch(session, event)
-                session.flush()
             session.flush()
             if proto.closed or session.closing:
                 await self._drain(session)
