@@ -69,7 +69,7 @@ class Session:
         self.has_work = False
         self.errors = 0
         self.closing = False
-        self.log = log.bind(session=sid, peer=peer)
+        self.log = log.bind(session=sid, peer=peer, worker=None)  # worker is filled in at authorize
 
     def flush(self) -> None:
         data = self.protocol.data_to_send()
