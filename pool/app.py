@@ -82,8 +82,7 @@ class PoolApp:
             time.monotonic() + 120, on_wait=lambda e: log.warning("waiting_for_bitcoind", error=e)
         )
         chain = info.get("chain") if isinstance(info, dict) else None
-        expected = {"main": "main", "test": "test", "testnet4": "testnet4", "signet": "signet", "regtest": "regtest"}
-        if chain and chain != expected[cfg.node.network]:
+        if chain and chain != cfg.node.network:  # node.network uses bitcoind's own chain names
             raise RuntimeError(f"node.network is {cfg.node.network!r} but bitcoind runs chain {chain!r}")
         pool_script = address_to_script(self.pool_address, cfg.node.network) if self.pool_address else None
         pc = cfg.payout
