@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
+from pool.server.guard import GuardConfig
 
 
 class ConfigError(Exception):
@@ -47,13 +48,7 @@ class StratumConfig:
     idle_timeout: float = 600.0
     max_connections: int = 100_000
     max_connections_per_ip: int = 1024
-    connect_rate_per_ip: float = 20.0
-    connect_burst_per_ip: float = 200.0
-    submit_rate: float = 50.0
-    submit_burst: float = 500.0
-    invalid_share_limit: int = 50
-    strikes_to_ban: int = 3
-    ban_seconds: float = 600.0
+    guard: GuardConfig = GuardConfig()  # rate limits, invalid-share escalation, bans
     session_resume_seconds: float = 600.0
 
 
@@ -214,13 +209,15 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         idle_timeout=s.number("idle_timeout", 600.0, 10, 86400),
         max_connections=s.integer("max_connections", 100_000, 1, 10_000_000),
         max_connections_per_ip=s.integer("max_connections_per_ip", 1024, 1, 10_000_000),
-        connect_rate_per_ip=s.number("connect_rate_per_ip", 20.0, 0.01, 1e6),
-        connect_burst_per_ip=s.number("connect_burst_per_ip", 200.0, 1, 1e7),
-        submit_rate=s.number("submit_rate", 50.0, 0.01, 1e6),
-        submit_burst=s.number("submit_burst", 500.0, 1, 1e7),
-        invalid_share_limit=s.integer("invalid_share_limit", 50, 1, 1_000_000),
-        strikes_to_ban=s.integer("strikes_to_ban", 3, 1, 1000),
-        ban_seconds=s.number("ban_seconds", 600.0, 0, 86400 * 30),
+        guard=GuardConfig(
+            connect_rate_per_ip=s.number("connect_rate_per_ip", 20.0, 0.01, 1e6),
+            connect_burst_per_ip=s.number("connect_burst_per_ip", 200.0, 1, 1e7),
+            submit_rate=s.number("submit_rate", 50.0, 0.01, 1e6),
+            submit_burst=s.number("submit_burst", 500.0, 1, 1e7),
+            invalid_share_limit=s.integer("invalid_share_limit", 50, 1, 1_000_000),
+            strikes_to_ban=s.integer("strikes_to_ban", 3, 1, 1000),
+            ban_seconds=s.number("ban_seconds", 600.0, 0, 86400 * 30),
+        ),
         session_resume_seconds=s.number("session_resume_seconds", 600.0, 0, 86400),
     )
     s.done()

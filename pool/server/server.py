@@ -24,7 +24,7 @@ from pool.mining.vardiff import Vardiff, VardiffConfig
 from pool.mining.workers import Worker, parse_worker
 from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
-from pool.server.guard import AddressGuard, Escalation, GuardConfig, InvalidShareTracker, TokenBucket
+from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
 from pool.stratum.events import (
     Authorized,
     AuthorizeFailed,
@@ -110,17 +110,7 @@ class StratumServer:
         self._network = config.node.network
         self._extranonces = ExtranonceAllocator(sc.extranonce1_size)
         self._recent_extranonces: OrderedDict[bytes, float] = OrderedDict()
-        self.guard = AddressGuard(
-            GuardConfig(
-                connect_rate_per_ip=sc.connect_rate_per_ip,
-                connect_burst_per_ip=sc.connect_burst_per_ip,
-                submit_rate=sc.submit_rate,
-                submit_burst=sc.submit_burst,
-                invalid_share_limit=sc.invalid_share_limit,
-                strikes_to_ban=sc.strikes_to_ban,
-                ban_seconds=sc.ban_seconds,
-            )
-        )
+        self.guard = AddressGuard(sc.guard)
         self.sessions: dict[int, Session] = {}
         self._per_ip: CountMap[str] = CountMap()
         self._ids = itertools.count(1)
@@ -246,7 +236,8 @@ class StratumServer:
         )
         session = Session(
             sid, peer, ip, protocol, writer, Vardiff(self._vardiff_config, now),
-            TokenBucket(sc.submit_rate, sc.submit_burst, now), InvalidShareTracker(sc.invalid_share_limit),
+            TokenBucket(sc.guard.submit_rate, sc.guard.submit_burst, now),
+            InvalidShareTracker(sc.guard.invalid_share_limit),
         )
         self.sessions[sid] = session
         self.metrics.connects.inc()
@@ -337,7 +328,7 @@ class StratumServer:
                 self.metrics.share_rejects.labels("rate-limited").inc()
                 proto.answer_error(event.request_id, 20, "Too many submits, slow down")
                 session.rate_limited += 1
-                if session.rate_limited > 10 * self.config.stratum.submit_burst:
+                if session.rate_limited > 10 * self.config.stratum.guard.submit_burst:
                     session.log.warning("submit_flood_dropped")
                     session.closing = True
                 return
@@ -425,7 +416,7 @@ class StratumServer:
         elif step is Escalation.DROP:
             session.closing = True
             if self.guard.strike(session.ip, time.monotonic()):
-                session.log.warning("address_banned", ip=session.ip, seconds=self.config.stratum.ban_seconds)
+                session.log.warning("address_banned", ip=session.ip, seconds=self.config.stratum.guard.ban_seconds)
                 self.metrics.protocol_errors.labels("ban").inc()
 
     def session_states(self) -> dict[str, int]:

@@ -380,7 +380,7 @@ async def test_thousand_rapid_connects(arena):
     refused = arena.metric("pool_disconnects_total", {"reason": "limit"}) - limited_before
     accepted = arena.metric("pool_connects_total") - connects_before
     assert refused > 0, "the per-IP connect rate limit never kicked in"
-    assert accepted >= arena.app.config.stratum.connect_burst_per_ip - 1
+    assert accepted >= arena.app.config.stratum.guard.connect_burst_per_ip - 1
     await wait_until(lambda: len(arena.app.server.sessions) == 1, 5, what="closed connections to be gone")
     await arena.honest.progress(2)
     assert arena.honest.accepted > honest_before, f"honest miner starved during a {elapsed:.1f}s storm"
@@ -466,7 +466,7 @@ async def test_submit_flood_is_rate_limited_in_order(arena):
         codes = [_code(m) for m in answered]
         limited = [m for m in answered if _code(m) == ERR_OTHER and "Too many" in m["error"][1]]
         assert set(codes) <= {ERR_STALE, ERR_OTHER}
-        assert codes.count(ERR_STALE) >= arena.app.config.stratum.submit_burst
+        assert codes.count(ERR_STALE) >= arena.app.config.stratum.guard.submit_burst
         assert len(limited) >= 1000, "beyond the burst, submits are refused as too many"
         await fw.send_line('{"id": 3000, "method": "mining.ping", "params": []}')
         assert (await fw.reply(3000))["result"] == "pong"
