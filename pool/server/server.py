@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import socket
 import time
@@ -182,10 +183,7 @@ class StratumServer:
             if session.protocol.set_pool_version_mask(mask):
                 session.flush()
                 count += 1
-        self._proto_config = ProtocolConfig(
-            self._proto_config.extranonce2_size, self._proto_config.max_line, mask,
-            self._proto_config.start_difficulty,
-        )
+        self._proto_config = dataclasses.replace(self._proto_config, pool_version_mask=mask)
         return count
 
     def _resume(self, requested: str, current: bytes) -> bytes | None:

@@ -12,6 +12,7 @@ Framing is the first defence against a client that never sends a newline: ``Line
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import OrderedDict, deque
@@ -409,9 +410,7 @@ class StratumProtocol:
 
     def set_pool_version_mask(self, pool_mask: int) -> int:
         """The pool's mask changed: tell a rolling miner its new mask (miner's request AND the pool's)."""
-        self.config = ProtocolConfig(
-            self.config.extranonce2_size, self.config.max_line, pool_mask, self.config.start_difficulty
-        )
+        self.config = dataclasses.replace(self.config, pool_version_mask=pool_mask)
         if not self.version_mask:
             return 0
         self.version_mask = self.requested_mask & pool_mask
