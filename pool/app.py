@@ -127,25 +127,17 @@ class PoolApp:
     def _on_template(self, template: BlockTemplate, new_tip: bool, reason: str) -> None:
         assert self.coordinator is not None
         start = time.perf_counter()
-        current = self.coordinator.prepared
-        if (
-            not new_tip
-            and reason != "refresh"
-            and current is not None
-            and current.template.coinbase_value == template.coinbase_value
-            and [tx.txid for tx in current.template.transactions] == [tx.txid for tx in template.transactions]
-        ):
-            return  # a second notice of work the miners already have (ZMQ and long poll both fire)
         try:
-            self.coordinator.set_template(template)
+            if not self.coordinator.set_template(template):
+                return  # the same work again (a refresh, or ZMQ and long poll both announcing one block)
         except ValueError as exc:
             log.error("template_rejected", error=str(exc), height=template.height)
             return
         sent = self.server.broadcast(clean=new_tip) if self.server is not None else 0
         if new_tip:
             self.metrics.new_tip_notify_seconds.observe(time.perf_counter() - start)
-        (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason, miners=sent,
-                 txs=len(template.transactions))
+        (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason,
+                                             miners=sent, txs=len(template.transactions))
 
     def _on_block_outcome(self, outcome: SubmitOutcome) -> None:
         stage = "accepted" if outcome.accepted else "rejected"
@@ -297,6 +289,8 @@ class PoolApp:
             await self.server.close()
         if self.submitter is not None:
             await self.submitter.drain()
+        if self.coordinator is not None:
+            await self.coordinator.drain()
         if self.ledger is not None:
             self.ledger.close()
         if self.client is not None:

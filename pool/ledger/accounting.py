@@ -119,9 +119,13 @@ def block_subsidy(height: int, halving_interval: int = 210_000) -> int:
     return 0 if halvings >= 64 else (50 * 100_000_000) >> halvings
 
 
-def solo_split(reward: int, fee_bp: int, finder: tuple[str, str]) -> Split:
-    """SOLO: the finder takes the block minus the fee; recorded for the audit, paid in the coinbase."""
-    fee = reward * fee_bp // 10_000
+def solo_split(reward: int, fee_bp: int, finder: tuple[str, str], fee_paid: int | None = None) -> Split:
+    """SOLO: the finder takes the block minus the fee; recorded for the audit, paid in the coinbase.
+
+    ``fee_paid`` is the fee output the coinbase actually carries (none without a pool address): the record
+    must say what the coinbase pays, not what the fee setting would have taken.
+    """
+    fee = reward * fee_bp // 10_000 if fee_paid is None else fee_paid
     split = Split(reward, fee, {finder: reward - fee}, Fraction(0), None, None)
     split.check()
     return split

@@ -208,7 +208,7 @@ def insert_block(conn: sqlite3.Connection, policy: Policy, b: Any) -> dict[str, 
         split = pplns_split(b.reward, policy.fee_bp, (WindowShare(*r) for r in rows), b.network_difficulty,
                             policy.pplns_factor)
     elif policy.scheme == "solo":
-        split = solo_split(b.reward, policy.fee_bp, (b.address, b.worker))
+        split = solo_split(b.reward, policy.fee_bp, (b.address, b.worker), getattr(b, "fee", None))
     else:  # PPS/FPPS: shares were paid as they came; the whole block belongs to the pool
         split = Split(b.reward, b.reward, {}, Fraction(0), None, None)
     now = time.time()

@@ -52,6 +52,7 @@ class BlockRecord:
     subsidy: int
     network_difficulty: float
     found_at: float
+    fee: int | None = None  # SOLO: the fee output the coinbase really carries (None: the policy's share)
 
 
 class Ledger:

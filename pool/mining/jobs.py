@@ -23,7 +23,7 @@ from pool.bitcoin.coinbase import (
     witness_commitment_script,
 )
 from pool.bitcoin.serialize import compact_size, hex_to_hash
-from pool.bitcoin.target import bits_to_target, target_bytes
+from pool.bitcoin.target import bits_to_target, target_bytes, target_to_difficulty
 
 
 class TemplateError(ValueError):
@@ -124,6 +124,7 @@ class PreparedTemplate:
     network_target: int
     branch_bytes: bytes
     network_target_le: bytes
+    network_difficulty: float
 
     @classmethod
     def from_template(cls, template: BlockTemplate) -> PreparedTemplate:
@@ -142,12 +143,27 @@ class PreparedTemplate:
                     f"computed {commitment_script.hex()}, bitcoind says {dwc.hex()}"
                 )
         target = template.network_target
-        return cls(template, branch, commitment_script, target, b"".join(branch), target_bytes(target))
+        return cls(template, branch, commitment_script, target, b"".join(branch), target_bytes(target),
+                   target_to_difficulty(target))
+
+    def same_work(self, template: BlockTemplate) -> bool:
+        """True when ``template`` would give miners exactly this work again (same tip, rules and transactions):
+        only its clock moved, so a job built from it would be a copy of one already out."""
+        t = self.template
+        return (
+            t.prevhash == template.prevhash
+            and t.bits == template.bits
+            and t.version == template.version
+            and t.coinbase_value == template.coinbase_value
+            and t.height == template.height
+            and [tx.txid for tx in t.transactions] == [tx.txid for tx in template.transactions]
+        )
 
 
 @dataclass(slots=True, eq=False)
 class Job:
-    """One unit of work as sent in ``mining.notify``; remembers the shares seen for duplicate checks."""
+    """One unit of work as sent in ``mining.notify``. ``payout_key`` is the address its coinbase pays (SOLO),
+    empty when the coinbase pays the pool; ``fee`` is the pool-fee output it carries (satoshis)."""
 
     job_id: str
     prepared: PreparedTemplate
@@ -155,11 +171,15 @@ class Job:
     ntime: int
     created: float
     payout_key: str = ""
-    seen: set[tuple[bytes, bytes, int, int, int]] = field(default_factory=set)
+    fee: int = 0
 
     @property
     def template(self) -> BlockTemplate:
         return self.prepared.template
+
+    @property
+    def network_difficulty(self) -> float:
+        return self.prepared.network_difficulty
 
     def notify_params(self, clean_jobs: bool) -> list[object]:
         """Parameters of ``mining.notify`` in the encodings every Stratum V1 miner expects."""
@@ -199,12 +219,13 @@ def make_job(
     extranonce_size: int,
     now: float,
     payout_key: str = "",
+    fee: int = 0,
 ) -> Job:
     """Build the job paying ``outputs``; ntime starts at the template's curtime (never before mintime)."""
     t = prepared.template
     coinbase = build_coinbase(t.height, outputs, pool_tag, extranonce_size, prepared.commitment_script)
     ntime = max(t.curtime, t.mintime)
-    return Job(job_id, prepared, coinbase, ntime, now, payout_key)
+    return Job(job_id, prepared, coinbase, ntime, now, payout_key, fee)
 
 
 class Lookup(Enum):
@@ -215,22 +236,31 @@ class Lookup(Enum):
 
 
 class JobBook:
-    """Live jobs by id. Jobs of an older chain tip become stale; ids never seen are unknown.
+    """Live jobs by id, and the shares already credited on the current chain tip.
+
+    Jobs of an older chain tip become stale; ids never seen are unknown. The jobs of the previous tip are kept
+    (as stale) so a share solving a block on them can still be sent to bitcoind: right after a new tip a
+    competing block may still win. Older stale ids are remembered without their jobs.
 
     Bounded by template generations, not job counts: the jobs of the newest ``max_templates`` templates of the
-    current tip stay live however many payout variants and difficulty clones each has (a SOLO pool with
-    thousands of addresses builds thousands of jobs per template). ``max_jobs`` and ``max_stale`` are safety
-    caps so a long-running pool or a client sending random ids cannot grow it without bound.
+    current tip stay live however many payout variants each has (a SOLO pool with thousands of addresses
+    builds thousands of jobs per template). ``max_jobs`` is a safety cap that evicts whole older generations
+    and never the newest one, so no miner's current job is ever evicted. Difficulty changes do not add jobs:
+    the session re-sends the same job under an alias (see ``StratumProtocol.send_job``).
+
+    Duplicates are judged per tip on what was hashed: ``claim`` takes the header hash, so one solution is
+    credited once whichever job id (or refresh of an unchanged template) it arrives under.
     """
 
     def __init__(self, max_templates: int = 16, max_jobs: int = 1_000_000, max_stale: int = 100_000) -> None:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._generations: OrderedDict[int, list[str]] = OrderedDict()
-        self._stale: OrderedDict[str, None] = OrderedDict()
+        self._stale: OrderedDict[str, Job | None] = OrderedDict()
         self._max_templates = max_templates
         self._max_jobs = max_jobs
         self._max_stale = max_stale
         self._counter = 0
+        self._seen: set[bytes] = set()
         self.tip: bytes | None = None
 
     def next_id(self) -> str:
@@ -241,25 +271,29 @@ class JobBook:
         """Register a job; returns True if it moves the book to a new chain tip (older jobs go stale)."""
         new_tip = job.template.prevhash != self.tip
         if new_tip:
-            for old_id in self._jobs:
-                self._remember_stale(old_id)
+            # Jobs two tips back lose their bodies; the previous tip's jobs stay for late block solutions.
+            for old_id, old_job in self._stale.items():
+                if old_job is not None:
+                    self._stale[old_id] = None
+            for old_id, old_job in self._jobs.items():
+                self._remember_stale(old_id, old_job)
             self._jobs.clear()
             self._generations.clear()
+            self._seen = set()
             self.tip = job.template.prevhash
         self._jobs[job.job_id] = job
         self._generations.setdefault(id(job.prepared), []).append(job.job_id)
-        while len(self._generations) > self._max_templates:
+        while len(self._generations) > self._max_templates or (
+            len(self._jobs) > self._max_jobs and len(self._generations) > 1
+        ):
             _, old_ids = self._generations.popitem(last=False)
             for old_id in old_ids:
-                if self._jobs.pop(old_id, None) is not None:
-                    self._remember_stale(old_id)
-        while len(self._jobs) > self._max_jobs:
-            old_id, _ = self._jobs.popitem(last=False)
-            self._remember_stale(old_id)
+                self._jobs.pop(old_id, None)
+                self._remember_stale(old_id, None)
         return new_tip
 
-    def _remember_stale(self, job_id: str) -> None:
-        self._stale[job_id] = None
+    def _remember_stale(self, job_id: str, job: Job | None) -> None:
+        self._stale[job_id] = job
         while len(self._stale) > self._max_stale:
             self._stale.popitem(last=False)
 
@@ -268,6 +302,21 @@ class JobBook:
         if job is not None:
             return job
         return Lookup.STALE if job_id in self._stale else Lookup.UNKNOWN
+
+    def stale_job(self, job_id: str) -> Job | None:
+        """The job behind a stale id, while its tip is the previous one (for late block solutions)."""
+        return self._stale.get(job_id)
+
+    def claim(self, header_hash: bytes) -> bool:
+        """Mark a solution as credited on this tip; False when it already was (a duplicate)."""
+        if header_hash in self._seen:
+            return False
+        self._seen.add(header_hash)
+        return True
+
+    def release(self, header_hash: bytes) -> None:
+        """Forget a solution whose credit did not stick (its ledger write failed), so a resubmission counts."""
+        self._seen.discard(header_hash)
 
     def __len__(self) -> int:
         return len(self._jobs)

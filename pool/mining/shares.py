@@ -31,6 +31,7 @@ class Reject(Enum):
     BAD_EXTRANONCE2 = "bad-extranonce2-length"
     MALFORMED = "malformed"
     BAD_VERSION = "version-bits-outside-mask"
+    WRONG_PAYOUT = "job-pays-another-address"
 
 
 REJECT_ERRORS: dict[Reject, tuple[int, str]] = {
@@ -44,6 +45,7 @@ REJECT_ERRORS: dict[Reject, tuple[int, str]] = {
     Reject.BAD_EXTRANONCE2: (20, "Incorrect size of extranonce2"),
     Reject.MALFORMED: (20, "Malformed share"),
     Reject.BAD_VERSION: (20, "Version bits outside the negotiated mask"),
+    Reject.WRONG_PAYOUT: (20, "Job pays another address; submit under the worker it was sent for"),
 }
 
 
@@ -75,10 +77,15 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A refused share and a short human-readable detail for logs."""
+    """A refused share and a short human-readable detail for logs.
+
+    ``block`` is set on a stale share that still solves its job's block: the miner is told "stale", but the
+    block goes to bitcoind, which alone can say whether it still competes with the new tip.
+    """
 
     reason: Reject
     detail: str = ""
+    block: Accepted | None = None
 
     @property
     def error(self) -> tuple[int, str]:
@@ -126,15 +133,22 @@ def check_submission(
     difficulty: float,
     version_mask: int,
     now: float,
+    payout_address: str = "",
 ) -> ShareResult:
-    """Judge a submission at ``difficulty`` (the difficulty in force when the job was sent to this miner)."""
+    """Judge a submission at ``difficulty`` (the difficulty in force when the job was sent to this miner).
+
+    ``payout_address`` is the submitting worker's address: a job whose coinbase pays someone else (SOLO) is
+    refused, so shares and blocks are always recorded for the address the coinbase actually pays.
+    """
     found = jobs.get(sub.job_id) if isinstance(sub.job_id, str) else Lookup.UNKNOWN
     if found is Lookup.UNKNOWN:
         return Rejected(Reject.UNKNOWN_JOB, f"job {str(sub.job_id)[:32]!r}")
-    if found is Lookup.STALE:
+    stale = found is Lookup.STALE
+    job = jobs.stale_job(sub.job_id) if stale else found
+    if not isinstance(job, Job):
         return Rejected(Reject.STALE, f"job {sub.job_id!r}")
-    assert isinstance(found, Job)
-    job = found
+    if job.payout_key and job.payout_key != payout_address:
+        return Rejected(Reject.WRONG_PAYOUT, f"job {sub.job_id!r} pays {job.payout_key}")
     en2_text = sub.extranonce2
     if not isinstance(en2_text, str) or not _HEX.match(en2_text) or len(en2_text) % 2:
         return Rejected(Reject.MALFORMED, "extranonce2 is not hex")
@@ -148,7 +162,6 @@ def check_submission(
     if ntime < template.mintime or ntime > max(now, job.ntime) + MAX_FUTURE_NTIME:
         return Rejected(Reject.NTIME_OUT_OF_RANGE, f"ntime {ntime}")
     version = template.version
-    rolled = 0
     if sub.version_bits is not None:
         bits = _parse_u32(sub.version_bits, exact_len=False)
         if bits is None:
@@ -157,12 +170,8 @@ def check_submission(
         # Accept both conventions: only the rolled bits, or the whole version with the job's fixed bits.
         if outside and outside != version & ~version_mask & 0xFFFFFFFF:
             return Rejected(Reject.BAD_VERSION, f"bits {bits:08x} mask {version_mask:08x}")
-        rolled = bits & version_mask
-        version = (version & ~version_mask) | rolled
+        version = (version & ~version_mask) | (bits & version_mask)
     extranonce2 = bytes.fromhex(en2_text)
-    key = (extranonce1, extranonce2, ntime, nonce, version)
-    if key in job.seen:
-        return Rejected(Reject.DUPLICATE)
     code, block_hash, header = sharecheck.check_share(
         job.coinbase.coinb1,
         extranonce1,
@@ -177,9 +186,16 @@ def check_submission(
         _TARGETS.get(difficulty),
         job.prepared.network_target_le,
     )
+    if stale:
+        if code != sharecheck.BLOCK:
+            return Rejected(Reject.STALE, f"job {sub.job_id!r}")
+        late = Accepted(job, difficulty, hash_difficulty(block_hash), block_hash, header, extranonce1, extranonce2,
+                        is_block=True)
+        return Rejected(Reject.STALE, f"job {sub.job_id!r} (solves its block: submitted)", block=late)
     if code == sharecheck.BELOW_SHARE:
         return Rejected(Reject.LOW_DIFFICULTY, f"share difficulty {hash_difficulty(block_hash):.6g} < {difficulty:.6g}")
-    job.seen.add(key)
+    if not jobs.claim(block_hash):
+        return Rejected(Reject.DUPLICATE)
     return Accepted(
         job=job,
         difficulty=difficulty,

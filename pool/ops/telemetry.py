@@ -80,6 +80,18 @@ class Metrics:
         self.template_age_seconds = Gauge("pool_template_age_seconds", "Age of the current template", registry=r)
         self.template_height = Gauge("pool_template_height", "Height of the block being mined", registry=r)
         self.network_difficulty = Gauge("pool_network_difficulty", "Network difficulty of the template", registry=r)
+        self.ledger_block_write_failures = Counter(
+            "pool_ledger_block_write_failures_total",
+            "Failed attempts to record a found block in the ledger (retried until it lands)",
+            registry=r,
+        )
+        self.difficulty_hints = Counter(
+            "pool_difficulty_hints_total",
+            "Miner difficulty hints (suggest_difficulty/suggest_target/minimum-difficulty) by outcome:"
+            " applied at once, or coalesced behind the per-connection rate limit",
+            ["outcome"],
+            registry=r,
+        )
         self.new_tip_notify_seconds = Histogram(
             "pool_new_tip_notify_seconds",
             "Time from a new template to clean_jobs notify written to every miner",

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
 from pool.bitcoin.coinbase import TxOut
-from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
@@ -29,12 +28,8 @@ from pool.stratum.events import ShareSubmitted
 log = structlog.get_logger("pool.coordinator")
 
 
-@dataclass(frozen=True, slots=True)
-class JobChoice:
-    """The job a miner should work on and whether it replaces everything it had."""
-
-    job: Job
-    clean: bool
+JOB_MAX_AGE = 90.0  # seconds: an unchanged template still gets a new job by then (cpuminer idles at 120 s)
+RECORD_BLOCK_RETRY = (0.5, 30.0)  # first and longest wait between attempts to write a found block's row
 
 
 class Coordinator:
@@ -61,34 +56,53 @@ class Coordinator:
         self.blocks_found = 0
         self.last_block: FoundBlock | None = None
         self.stats = PoolStats()
+        self._prepared_at = 0.0
+        self._block_writes: set[asyncio.Task[None]] = set()
 
     # ---- work ----------------------------------------------------------------------------------------------
 
-    def set_template(self, template: BlockTemplate) -> None:
-        """Adopt a new template; jobs are built lazily per payout variant."""
+    def set_template(self, template: BlockTemplate, now: float | None = None) -> bool:
+        """Adopt a new template; jobs are built lazily per payout variant.
+
+        Returns False, keeping the current jobs, when the template gives the same work as the current one
+        (a refresh, or ZMQ and long poll both announcing the same block): a byte-identical job under a new
+        id only costs miners a restart. After ``JOB_MAX_AGE`` the work is renewed anyway so miners that
+        drop old work (cpuminer after 120 s) keep mining; duplicates are judged per tip, so that renewal
+        cannot credit one solution twice.
+        """
+        now = time.monotonic() if now is None else now
+        current = self.prepared
+        if current is not None and current.same_work(template) and now - self._prepared_at < JOB_MAX_AGE:
+            return False
         self.prepared = PreparedTemplate.from_template(template)
+        self._prepared_at = now
         self._jobs_by_key.clear()
         self.metrics.template_height.set(template.height)
-        self.metrics.network_difficulty.set(target_to_difficulty(template.network_target))
+        self.metrics.network_difficulty.set(self.prepared.network_difficulty)
+        return True
 
-    def _outputs(self, worker: Worker) -> tuple[str, list[TxOut]]:
+    def _solo_fee(self, value: int) -> int:
+        """The fee output of a SOLO coinbase: none without a pool address (so none is recorded either)."""
+        return value * fee_basis_points(self.config.payout.fee_percent) // 10_000 if self.pool_script else 0
+
+    def _outputs(self, worker: Worker) -> tuple[str, list[TxOut], int]:
         assert self.prepared is not None
         value = self.prepared.template.coinbase_value
         if not self.solo:
             assert self.pool_script is not None
-            return "", [TxOut(value, self.pool_script)]
-        fee = value * fee_basis_points(self.config.payout.fee_percent) // 10_000 if self.pool_script else 0
+            return "", [TxOut(value, self.pool_script)], 0
+        fee = self._solo_fee(value)
         outputs = [TxOut(value - fee, worker.script)]
         if fee:
             assert self.pool_script is not None
             outputs.append(TxOut(fee, self.pool_script))
-        return worker.address, outputs
+        return worker.address, outputs, fee
 
     def job_for(self, worker: Worker) -> Job | None:
         """Current job for this worker's payout variant (one shared job for pooled schemes)."""
         if self.prepared is None:
             return None
-        key, outputs = self._outputs(worker)
+        key, outputs, fee = self._outputs(worker)
         job = self._jobs_by_key.get(key)
         if job is None:
             job = make_job(
@@ -99,22 +113,26 @@ class Coordinator:
                 self.config.stratum.extranonce1_size + self.config.stratum.extranonce2_size,
                 time.time(),
                 key,
+                fee,
             )
             self.book.add(job)
             self._jobs_by_key[key] = job
         return job
 
-    def fresh_job_for(self, worker: Worker) -> Job | None:
-        """Same work under a new id, so a difficulty change applies to it alone (old ids keep theirs).
-
-        The clone shares the original's duplicate set: one solution cannot be credited under both ids.
-        """
-        job = self.job_for(worker)
-        if job is None:
-            return None
-        clone = Job(self.book.next_id(), job.prepared, job.coinbase, job.ntime, time.time(), job.payout_key, job.seen)
-        self.book.add(clone)
-        return clone
+    def jobs_for(self, workers: Iterable[Worker]) -> list[Job]:
+        """The jobs one connection needs: one shared job, or under SOLO one per payout address it carries,
+        so each worker's shares are judged on the coinbase that pays that worker."""
+        jobs: list[Job] = []
+        keys: set[str] = set()
+        for worker in workers:
+            key = worker.address if self.solo else ""
+            if key in keys:
+                continue
+            keys.add(key)
+            job = self.job_for(worker)
+            if job is not None:
+                jobs.append(job)
+        return jobs
 
     # ---- shares --------------------------------------------------------------------------------------------
 
@@ -123,6 +141,8 @@ class Coordinator:
 
         The share is queued before its block, so the block's PPLNS window includes the share that found it.
         """
+        worker = event.worker
+        now = time.time()
         result = check_submission(
             event.submission,
             self.book,
@@ -130,13 +150,13 @@ class Coordinator:
             self.config.stratum.extranonce2_size,
             event.difficulty,
             event.version_mask,
-            time.time(),
+            now,
+            worker.address,
         )
-        worker = event.worker
         if isinstance(result, Accepted):
             self.metrics.shares.labels("accepted").inc()
             self.metrics.accepted_difficulty.inc(result.difficulty)
-            self.stats.accepted(worker.address, worker.name, result.difficulty, time.time())
+            self.stats.accepted(worker.address, worker.name, result.difficulty, now)
             committed = self.ledger.record_share(self.share_record(result, worker))
             if result.is_block:
                 self._block_found(result, worker)
@@ -144,7 +164,14 @@ class Coordinator:
         self.metrics.shares.labels("rejected").inc()
         self.metrics.share_rejects.labels(result.reason.value).inc()
         self.stats.rejected(worker.address, worker.name)
+        if result.block is not None:
+            log.warning("stale_block_candidate", job_id=event.submission.job_id, worker=worker.full_name)
+            self._block_found(result.block, worker)
         return result, None
+
+    def forget(self, result: Accepted) -> None:
+        """The share's ledger write failed: un-claim it so the resubmission the miner was asked for counts."""
+        self.book.release(result.block_hash)
 
     def share_record(self, result: Accepted, worker: Worker) -> ShareRecord:
         t = result.job.template
@@ -158,12 +185,13 @@ class Coordinator:
             height=result.job.template.height,
             block_hash=result.block_hash[::-1].hex(),
             is_block=result.is_block,
-            network_difficulty=target_to_difficulty(result.job.prepared.network_target),
+            network_difficulty=result.job.network_difficulty,
             subsidy=t.coinbase_value - t.total_fees,
             expected_fees=t.total_fees,
         )
 
     def _block_found(self, result: Accepted, worker: Worker) -> None:
+        """Send the block on its way first, then record it; the row is retried until the ledger takes it."""
         job = result.job
         block_hash = result.block_hash[::-1].hex()
         block_hex = job.block_bytes(result.header, result.extranonce1, result.extranonce2).hex()
@@ -175,22 +203,45 @@ class Coordinator:
             reward=job.template.coinbase_value,
             found_at=time.time(),
         )
+        if self.submitter is not None:
+            self.submitter.submit_soon(found)
         self.blocks_found += 1
         self.last_block = found
         self.metrics.blocks.labels("found").inc()
         log.info("block_found", height=found.height, block_hash=block_hash, worker=worker.full_name)
         t = job.template
-        self.ledger.record_block(
-            BlockRecord(
-                block_hash=block_hash,
-                height=found.height,
-                address=worker.address,
-                worker=worker.name,
-                reward=found.reward,
-                subsidy=t.coinbase_value - t.total_fees,
-                network_difficulty=target_to_difficulty(job.prepared.network_target),
-                found_at=found.found_at,
-            )
+        record = BlockRecord(
+            block_hash=block_hash,
+            height=found.height,
+            address=worker.address,
+            worker=worker.name,
+            reward=found.reward,
+            subsidy=t.coinbase_value - t.total_fees,
+            network_difficulty=job.network_difficulty,
+            found_at=found.found_at,
+            fee=job.fee if self.solo else None,
         )
-        if self.submitter is not None:
-            self.submitter.submit_soon(found)
+        task = asyncio.create_task(self._record_block(record), name=f"record-block-{block_hash[:16]}")
+        self._block_writes.add(task)
+        task.add_done_callback(self._block_writes.discard)
+
+    async def _record_block(self, record: BlockRecord) -> None:
+        delay, longest = RECORD_BLOCK_RETRY
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.ledger.record_block(record)
+                return
+            except Exception as exc:  # the block row must land: log, count and try again
+                self.metrics.ledger_block_write_failures.inc()
+                log.critical("block_record_failed", block_hash=record.block_hash, attempt=attempt, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) for found blocks' rows at shutdown."""
+        if self._block_writes:
+            await asyncio.wait(list(self._block_writes), timeout=timeout)
+        for task in list(self._block_writes):  # still failing: the log says so; the block file remains on disk
+            task.cancel()

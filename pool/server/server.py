@@ -43,6 +43,9 @@ log = structlog.get_logger("pool.server")
 
 MAX_WRITE_BUFFER = 1 << 20  # a reader this far behind is dropped rather than buffered without bound
 MAX_PROTOCOL_ERRORS = 50
+HINT_BURST = 4.0  # difficulty hints that re-send work at once ...
+HINT_RATE = 4.0 / 60  # ... and how fast that allowance refills (per second); later hints are coalesced
+SOLO_MAX_PAYOUT_ADDRESSES = 8  # SOLO sends each payout address of a connection its own job
 
 
 class Session:
@@ -50,7 +53,7 @@ class Session:
 
     __slots__ = (
         "id", "peer", "ip", "protocol", "writer", "vardiff", "connected", "last_activity", "worker", "has_work",
-        "errors", "log", "closing", "submits", "invalid", "rate_limited",
+        "errors", "log", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
     )
 
     def __init__(self, sid: int, peer: str, ip: str, protocol: StratumProtocol, writer: asyncio.StreamWriter,
@@ -65,6 +68,9 @@ class Session:
         self.writer = writer
         self.vardiff = vardiff
         self.connected = time.monotonic()
+        # Difficulty hints re-send work; a few take effect at once, the rest are coalesced (latest wins).
+        self.hints = TokenBucket(HINT_RATE, HINT_BURST, self.connected)
+        self.retune_pending = False
         self.last_activity = self.connected
         self.worker: Worker | None = None
         self.has_work = False
@@ -100,6 +106,7 @@ class StratumServer:
             max_line=sc.max_line_bytes,
             pool_version_mask=sc.version_mask,
             start_difficulty=dc.start,
+            max_payout_addresses=SOLO_MAX_PAYOUT_ADDRESSES if config.payout.scheme == "solo" else 0,
         )
         self._vardiff_config = VardiffConfig(
             start=dc.start,
@@ -148,20 +155,27 @@ class StratumServer:
         sent = 0
         for session in list(self.sessions.values()):
             if session.has_work and session.worker is not None and not session.closing:
-                job = self.coordinator.job_for(session.worker)
-                if job is not None:
-                    session.protocol.send_job(job, clean)
+                if self._send_jobs(session, clean, fresh=False):
                     session.flush()
                     sent += 1
         self.metrics.jobs_broadcast.labels("clean" if clean else "update").inc()
         return sent
 
+    def _send_jobs(self, session: Session, clean: bool, fresh: bool) -> bool:
+        """Send the session its job(s): one, or under SOLO one per payout address (only the first ``clean``).
+
+        ``fresh`` re-sends under alias ids so a new difficulty applies to them alone; the book gains nothing.
+        """
+        jobs = self.coordinator.jobs_for(session.protocol.workers.values())
+        for i, job in enumerate(jobs):
+            alias = self.coordinator.book.next_id() if fresh else None
+            session.protocol.send_job(job, clean_jobs=clean and i == 0, alias=alias)
+        return bool(jobs)
+
     def _send_work(self, session: Session, fresh: bool, clean: bool = False) -> None:
         if session.worker is None:
             return
-        job = (self.coordinator.fresh_job_for if fresh else self.coordinator.job_for)(session.worker)
-        if job is not None:
-            session.protocol.send_job(job, clean_jobs=clean or not session.has_work)
+        if self._send_jobs(session, clean or not session.has_work, fresh):
             session.has_work = True
 
     # ---- operator actions ----------------------------------------------------------------------------------
@@ -351,14 +365,15 @@ class StratumServer:
                 proto.request_client_version()
             if proto.subscribed and not session.has_work:
                 self._send_work(session, fresh=False)
+            elif session.has_work and self.coordinator.solo and not event.first:
+                job = self.coordinator.job_for(event.worker)  # a new payout address needs its own coinbase
+                if job is not None:
+                    proto.send_job(job, clean_jobs=False)
         elif isinstance(event, DifficultySuggested):
             if event.minimum:
                 session.vardiff.set_floor(event.difficulty)
-            new = session.vardiff.suggest(event.difficulty, time.monotonic())
-            if new != proto.difficulty:
-                proto.set_difficulty(new)
-                if session.has_work:
-                    self._send_work(session, fresh=True)
+            session.vardiff.suggest(event.difficulty, time.monotonic())
+            self._retune(session, hint=True)
         elif isinstance(event, TransactionsRequested):
             job = self.coordinator.book.get(event.job_id)
             txids = [tx.txid[::-1].hex() for tx in job.template.transactions] if hasattr(job, "template") else []
@@ -385,6 +400,7 @@ class StratumServer:
                 await committed
             except Exception as exc:  # never answer true for a share the ledger did not take
                 session.log.error("ledger_write_failed", error=str(exc))
+                self.coordinator.forget(result)
                 proto.answer_error(event.request_id, 20, "Share not recorded, please resubmit")
                 return
             proto.answer_submit(event.request_id, result)
@@ -398,6 +414,25 @@ class StratumServer:
             proto.answer_submit(event.request_id, result)
             if result.reason is not Reject.STALE:
                 self._escalate(session, session.invalid.invalid())
+
+    def _retune(self, session: Session, hint: bool = False) -> None:
+        """Bring the miner to its vardiff difficulty. A hint-driven change re-sends work only while the
+        session's hint allowance lasts; otherwise it waits (coalesced with later hints) for housekeeping."""
+        proto = session.protocol
+        new = session.vardiff.difficulty
+        if new == proto.difficulty:
+            session.retune_pending = False
+            return
+        if hint and not session.hints.take(time.monotonic()):
+            session.retune_pending = True
+            self.metrics.difficulty_hints.labels("coalesced").inc()
+            return
+        if hint:
+            self.metrics.difficulty_hints.labels("applied").inc()
+        session.retune_pending = False
+        proto.set_difficulty(new)
+        if session.has_work:
+            self._send_work(session, fresh=True)
 
     def _escalate(self, session: Session, step: Escalation) -> None:
         """Sustained invalid shares: fresh work, then reconnect, then drop with a strike (bans repeat offenders)."""
@@ -431,6 +466,9 @@ class StratumServer:
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 proto = session.protocol
+                if session.retune_pending and session.hints.take(now):
+                    self._retune(session)
+                    session.flush()
                 if session.has_work:
                     new = session.vardiff.idle_check(now)
                     if new is not None:

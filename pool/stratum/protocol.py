@@ -91,6 +91,7 @@ class ProtocolConfig:
     max_line: int = 16 * 1024
     pool_version_mask: int = 0x1FFFE000
     start_difficulty: float = 1.0
+    max_payout_addresses: int = 0  # distinct payout addresses per connection (SOLO: a job each); 0 = no cap
 
 
 Authorizer = Callable[[str, str], Worker]
@@ -156,7 +157,8 @@ class StratumProtocol:
         self.minimum_difficulty: float | None = None
         self.difficulty = config.start_difficulty
         self._sent_difficulty: float | None = None
-        self._job_difficulty: OrderedDict[str, float] = OrderedDict()
+        # id sent in notify -> (job id in the pool's book, difficulty in force for it). Bounded per session.
+        self._sent_jobs: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.current_job: Job | None = None
 
     # ---- input ---------------------------------------------------------------------------------------------
@@ -249,6 +251,12 @@ class StratumProtocol:
         except AuthError as exc:
             self._send_error(req_id, ERR_UNAUTHORIZED, str(exc))
             return AuthorizeFailed(username[:128], str(exc))
+        cap = self.config.max_payout_addresses
+        addresses = {w.address for w in self.workers.values()}
+        if cap and worker.address not in addresses and len(addresses) >= cap:
+            message = f"At most {cap} payout addresses per connection; open another connection"
+            self._send_error(req_id, ERR_UNAUTHORIZED, message)
+            return AuthorizeFailed(username[:128], "too many payout addresses")
         first = not self.workers
         self.workers[username] = worker
         self._send_result(req_id, True)
@@ -276,8 +284,9 @@ class StratumProtocol:
             if version_bits.strip("0"):
                 return self._refuse(req_id, Rejected(Reject.BAD_VERSION, "no version rolling negotiated"), worker_name)
             version_bits = None
-        sub = Submission(worker_name, job_id, args[2], args[3], args[4], version_bits)
-        difficulty = self._job_difficulty.get(job_id, self.difficulty)
+        fallback = self._sent_difficulty if self._sent_difficulty is not None else self.difficulty
+        book_id, difficulty = self._sent_jobs.get(job_id, (job_id, fallback))
+        sub = Submission(worker_name, book_id, args[2], args[3], args[4], version_bits)
         return ShareSubmitted(req_id, sub, worker, difficulty, self.version_mask)
 
     def _refuse(self, req_id: Any, rejected: Rejected, worker_name: str) -> Event:
@@ -371,16 +380,32 @@ class StratumProtocol:
         """Difficulty for the next job; it reaches the miner just before that job's notify."""
         self.difficulty = difficulty
 
-    def send_job(self, job: Job, clean_jobs: bool) -> None:
-        """Queue ``mining.notify`` (preceded by ``set_difficulty`` when it changed) and remember its difficulty."""
-        if self._sent_difficulty != self.difficulty:
-            self._send_notification("mining.set_difficulty", [self.difficulty])
-            self._sent_difficulty = self.difficulty
-        self._job_difficulty[job.job_id] = self.difficulty
-        while len(self._job_difficulty) > _JOB_DIFFICULTY_MEMORY:
-            self._job_difficulty.popitem(last=False)
+    def job_difficulty(self, job: Job) -> float:
+        """The difficulty this session would be sent ``job`` at: never above the job's network difficulty,
+        because miners only submit hashes that meet the share target and a block easier than that (regtest,
+        testnet min-difficulty blocks, signet) would never reach the pool."""
+        return min(self.difficulty, job.network_difficulty)
+
+    def send_job(self, job: Job, clean_jobs: bool, alias: str | None = None) -> None:
+        """Queue ``mining.notify`` (preceded by ``set_difficulty`` when it changed) and remember its difficulty.
+
+        ``alias`` re-sends the same job under a new id, so a difficulty change applies to that id alone while
+        shares for ids already sent are judged at the difficulty they were sent at. Aliases live only in this
+        session (bounded memory); shares under them are judged against the job itself.
+        """
+        difficulty = self.job_difficulty(job)
+        if self._sent_difficulty != difficulty:
+            self._send_notification("mining.set_difficulty", [difficulty])
+            self._sent_difficulty = difficulty
+        sent_id = alias or job.job_id
+        self._sent_jobs[sent_id] = (job.job_id, difficulty)
+        self._sent_jobs.move_to_end(sent_id)
+        while len(self._sent_jobs) > _JOB_DIFFICULTY_MEMORY:
+            self._sent_jobs.popitem(last=False)
         self.current_job = job
-        self._send_notification("mining.notify", job.notify_params(clean_jobs))
+        params = job.notify_params(clean_jobs)
+        params[0] = sent_id
+        self._send_notification("mining.notify", params)
 
     def answer_submit(self, req_id: Any, result: ShareResult) -> None:
         """Reply to a ShareSubmitted event: true, or the reject's Stratum error."""
@@ -404,7 +429,7 @@ class StratumProtocol:
         if not self.extranonce_subscribed:
             return False
         self.extranonce1 = extranonce1
-        self._job_difficulty.clear()
+        self._sent_jobs.clear()
         self._send_notification("mining.set_extranonce", [extranonce1.hex(), self.config.extranonce2_size])
         return True
 

@@ -688,3 +688,36 @@ async def test_escalation_gives_an_extranonce_subscriber_a_new_extranonce(regtes
         finally:
             await fw.close()
         await arena.finish()
+
+
+# ---- difficulty hint flood -------------------------------------------------------------------------------------
+
+async def test_hint_flood_cannot_flood_the_job_book(arena):
+    """100,000 suggest_difficulty hints (ids null and numbered, many values): a few re-send work at once, the rest
+    are coalesced; the job book does not grow with hints and the honest miner's job is never evicted."""
+    coalesced_before = arena.metric("pool_difficulty_hints_total", {"outcome": "coalesced"})
+    fw = await arena.client("hint-flood")
+    try:
+        await arena.handshake(fw)
+        await fw.wait_job()
+        book_before = len(arena.app.coordinator.book)
+        lines = []
+        for i in range(100_000):
+            value = 1e-9 * (1 + i % 997)
+            req_id = "null" if i % 2 else str(10 + i)
+            lines.append(f'{{"id": {req_id}, "method": "mining.suggest_difficulty", "params": [{value}]}}')
+        for start in range(0, len(lines), 5000):
+            await fw.send_lines(lines[start:start + 5000], record=False)
+        # Numbered hints are all answered (true), in order; the last one proves the whole flood was read.
+        last_id = 10 + 99_998
+        await wait_until(lambda: any(m.get("id") == last_id and m.get("result") is True for m in fw.lines[-50:]),
+                         60, interval=0.2, what="the reply to the last numbered hint")
+        applied = arena.metric("pool_difficulty_hints_total", {"outcome": "applied"})
+        coalesced = arena.metric("pool_difficulty_hints_total", {"outcome": "coalesced"}) - coalesced_before
+        assert coalesced > 90_000
+        assert applied <= 8  # the burst allowance, not one per hint
+        assert len(fw.notifications("mining.set_difficulty")) <= 10
+        assert len(arena.app.coordinator.book) <= book_before + 2  # hints add no jobs
+    finally:
+        await fw.close()
+    await arena.finish()

@@ -188,3 +188,38 @@ async def test_notified_tips_never_go_backwards(regtest, pool_app):
         assert backwards == [], f"notify went back from height a to b: {backwards}"
     finally:
         await miner.close()
+
+
+async def test_documented_default_difficulty_still_finds_regtest_blocks(regtest, tmp_path):
+    """The documented defaults (difficulty.start 1024, min 1) against a plain, non-managed regtest bitcoind.
+
+    A miner submits only hashes that meet the share target it was given, so a share target harder than the
+    block target (regtest, testnet4 min-difficulty blocks, signet) would hide every block from the pool: the
+    difficulty sent must be clamped to the job's network difficulty.
+    """
+    from pool.app import PoolApp
+    from pool.config import DifficultyConfig
+
+    base = await asyncio.to_thread(pool_config, regtest, tmp_path / "pool")
+    cfg = dataclasses.replace(base, difficulty=DifficultyConfig())
+    assert cfg.difficulty.start == 1024 and cfg.difficulty.minimum == 1
+    app = PoolApp(cfg)
+    await app.start()
+    miner = None
+    try:
+        miner = await connect_miner(app.server.port, await _username(regtest))
+        job = await miner.wait_job()
+        network_difficulty = (0xFFFF * 2**208) / bits_target(job.nbits)
+        assert miner.job_difficulty[job.job_id] == pytest.approx(network_difficulty, rel=1e-9)
+        height = await arpc(regtest, "getblockcount")
+        for _ in range(4):  # a block from another test's miner could make one share stale
+            reply, block_hash = await miner.mine_one()  # at the difficulty the pool advertised
+            if reply.get("result") is True:
+                break
+        assert reply.get("result") is True, reply
+        await wait_tip(regtest, block_hash[::-1].hex(), timeout=10)
+        assert await arpc(regtest, "getblockcount") > height
+    finally:
+        if miner is not None:
+            await miner.close()
+        await app.stop()

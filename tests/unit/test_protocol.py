@@ -26,6 +26,8 @@ from pool.stratum.events import (
 from pool.stratum.protocol import MAX_WORKERS_PER_SESSION, ProtocolConfig, StratumProtocol
 from tests.unit.helpers import DIFF1, build_job, find_nonce, make_gbt, regtest_address
 
+MAINNET_GBT = make_gbt(bits="17034219")  # mainnet-like: far above the difficulties these tests send
+
 EN1 = bytes.fromhex("08000002")
 SID = EN1.hex()
 ADDR = regtest_address(1)
@@ -618,7 +620,7 @@ def test_get_transactions_is_answered_by_server() -> None:
 def test_send_job_difficulty_only_when_changed() -> None:
     proto = new_proto(start_difficulty=1.0)
     handshake(proto)
-    job1, job2, job3 = (build_job(job_id=i) for i in ("1", "2", "3"))
+    job1, job2, job3 = (build_job(MAINNET_GBT, job_id=i) for i in ("1", "2", "3"))
     proto.send_job(job1, True)
     out = output(proto)
     assert out == [
@@ -637,6 +639,65 @@ def test_send_job_difficulty_only_when_changed() -> None:
     assert proto.current_job is job3
 
 
+def test_difficulty_never_exceeds_the_jobs_network_difficulty() -> None:
+    """Miners submit only hashes meeting the share target: a share target harder than the block target
+    (regtest, testnet min-difficulty, signet) would hide every block from the pool."""
+    proto = new_proto(start_difficulty=1024.0)
+    handshake(proto)
+    regtest_job = build_job(job_id="r")  # bits 207fffff: network difficulty ~4.66e-10
+    proto.send_job(regtest_job, True)
+    out = output(proto)
+    assert out[0] == {"id": None, "method": "mining.set_difficulty", "params": [regtest_job.network_difficulty]}
+    assert regtest_job.network_difficulty < 1e-9
+    events, _ = drive(proto, submit(4, USER, "r", *GOOD_SUBMIT[2:]))
+    assert [e.difficulty for e in events if isinstance(e, ShareSubmitted)] == [regtest_job.network_difficulty]
+    # On an easier-than-pool network the pool's difficulty applies again, and set_difficulty follows.
+    mainnet_job = build_job(MAINNET_GBT, job_id="m")
+    proto.send_job(mainnet_job, True)
+    assert output(proto)[0] == {"id": None, "method": "mining.set_difficulty", "params": [1024.0]}
+
+
+def test_alias_resend_judges_under_the_book_job_with_its_own_difficulty() -> None:
+    proto = new_proto(start_difficulty=16.0)
+    handshake(proto)
+    job = build_job(MAINNET_GBT, job_id="a")
+    proto.send_job(job, True)
+    proto.set_difficulty(64.0)
+    proto.send_job(job, False, alias="b7")
+    notifies = [m for m in output(proto) if m.get("method") == "mining.notify"]
+    assert [n["params"][0] for n in notifies] == ["a", "b7"]
+    assert notifies[1]["params"][1:8] == notifies[0]["params"][1:8]  # the same work
+    events, _ = drive(proto, submit(4, USER, "a", *GOOD_SUBMIT[2:]), submit(5, USER, "b7", *GOOD_SUBMIT[2:]))
+    shares = [e for e in events if isinstance(e, ShareSubmitted)]
+    assert [(e.submission.job_id, e.difficulty) for e in shares] == [("a", 16.0), ("a", 64.0)]
+
+
+def test_alias_memory_is_bounded_whatever_the_hint_count() -> None:
+    proto = new_proto(start_difficulty=16.0)
+    handshake(proto)
+    job = build_job(MAINNET_GBT, job_id="a")
+    for i in range(5000):
+        proto.set_difficulty(16.0 + i)
+        proto.send_job(job, False, alias=f"{i + 100:x}")
+    output(proto)
+    assert len(proto._sent_jobs) == 64  # the bound itself is the behaviour under test
+
+
+def test_payout_address_cap_per_connection() -> None:
+    proto = new_proto(max_payout_addresses=2)
+    drive(proto, req(1, "mining.subscribe", []))
+    a, b, c = (regtest_address(i) for i in (1, 2, 3))
+    _, out = drive(
+        proto,
+        req(2, "mining.authorize", [f"{a}.w1", "x"]),
+        req(3, "mining.authorize", [f"{a}.w2", "x"]),  # same address: no new coinbase needed
+        req(4, "mining.authorize", [f"{b}.w1", "x"]),
+        req(5, "mining.authorize", [f"{c}.w1", "x"]),
+    )
+    assert [m["result"] for m in out[-4:-1]] == [True, True, True]
+    assert out[-1]["error"][0] == 24 and "payout addresses" in out[-1]["error"][1]
+
+
 def test_notify_params_are_json_encodable_as_given() -> None:
     proto = new_proto()
     job = build_job(job_id="abc")
@@ -650,9 +711,9 @@ def test_notify_params_are_json_encodable_as_given() -> None:
 def test_share_for_older_job_keeps_its_difficulty() -> None:
     proto = new_proto(start_difficulty=16.0)
     handshake(proto)
-    proto.send_job(build_job(job_id="a"), True)
+    proto.send_job(build_job(MAINNET_GBT, job_id="a"), True)
     proto.set_difficulty(4.0)
-    proto.send_job(build_job(job_id="b"), True)
+    proto.send_job(build_job(MAINNET_GBT, job_id="b"), True)
     output(proto)
     events, _ = drive(
         proto,

@@ -322,26 +322,63 @@ def test_jobbook_ids_are_unique() -> None:
     assert all(i and all(c in "0123456789abcdef" for c in i) for i in ids)
 
 
-def test_jobbook_bounded_live_jobs() -> None:
-    book = JobBook(max_jobs=4, max_stale=8)
-    base = _job_on_tip("0", TIP_A)
-    jobs = [make_job(str(i), base.prepared, [TxOut(1, P2WPKH_SCRIPT)], b"", 12, 0.0) for i in range(10)]
-    for job in jobs:
+def _generation(tag: str, count: int, tip: str = TIP_A) -> list[Any]:
+    """``count`` jobs (payout variants) of one new template on ``tip``."""
+    prepared = _job_on_tip(f"{tag}-base", tip).prepared
+    return [make_job(f"{tag}-{i}", prepared, [TxOut(1, P2WPKH_SCRIPT)], b"", 12, 0.0) for i in range(count)]
+
+
+def test_jobbook_job_cap_evicts_whole_older_generations() -> None:
+    book = JobBook(max_jobs=4, max_stale=100)
+    old, new = _generation("old", 3), _generation("new", 3)
+    for job in old + new:
         book.add(job)
-    assert len(book) == 4
-    assert [book.get(str(i)) for i in range(6, 10)] == jobs[6:]
-    # The evicted oldest jobs are remembered as stale, not unknown.
-    assert all(book.get(str(i)) is Lookup.STALE for i in range(6))
+    assert len(book) == 3
+    assert all(book.get(job.job_id) is job for job in new)
+    # The evicted generation is remembered as stale, not unknown.
+    assert all(book.get(job.job_id) is Lookup.STALE for job in old)
+
+
+def test_jobbook_never_evicts_the_current_generation() -> None:
+    """Every miner works on a job of the newest template: the safety cap must not take those away, however
+    many jobs that template has (a flood of payout variants or anything else)."""
+    book = JobBook(max_jobs=5, max_stale=100)
+    current = _generation("cur", 50)
+    for job in current:
+        book.add(job)
+    assert all(book.get(job.job_id) is job for job in current)
 
 
 def test_jobbook_bounded_stale_memory() -> None:
-    book = JobBook(max_jobs=2, max_stale=3)
-    base = _job_on_tip("0", TIP_A)
-    for i in range(10):
-        book.add(make_job(str(i), base.prepared, [TxOut(1, P2WPKH_SCRIPT)], b"", 12, 0.0))
+    book = JobBook(max_templates=1, max_stale=3)
+    jobs = [_generation(f"g{i}", 1)[0] for i in range(10)]
+    for job in jobs:
+        book.add(job)
     assert len(book._stale) == 3  # the bound itself is the behaviour under test
-    assert [book.get(str(i)) for i in range(5, 8)] == [Lookup.STALE] * 3
-    assert [book.get(str(i)) for i in range(5)] == [Lookup.UNKNOWN] * 5
+    assert [book.get(job.job_id) for job in jobs[6:9]] == [Lookup.STALE] * 3
+    assert [book.get(job.job_id) for job in jobs[:6]] == [Lookup.UNKNOWN] * 6
+
+
+def test_jobbook_keeps_previous_tip_jobs_for_late_blocks_only() -> None:
+    book = JobBook()
+    a, b, c = _job_on_tip("a", TIP_A), _job_on_tip("b", TIP_B), _job_on_tip("c", "33" * 32)
+    book.add(a)
+    book.add(b)
+    assert book.get("a") is Lookup.STALE and book.stale_job("a") is a
+    book.add(c)
+    assert book.get("a") is Lookup.STALE and book.stale_job("a") is None  # two tips back: id only
+    assert book.stale_job("b") is b
+
+
+def test_jobbook_duplicates_are_per_tip() -> None:
+    book = JobBook()
+    book.add(_job_on_tip("a", TIP_A))
+    assert book.claim(b"h" * 32) is True
+    assert book.claim(b"h" * 32) is False
+    book.release(b"h" * 32)
+    assert book.claim(b"h" * 32) is True
+    book.add(_job_on_tip("b", TIP_B))
+    assert book.claim(b"h" * 32) is True  # a new tip starts a new set
 
 
 def test_jobbook_keeps_every_job_of_recent_templates() -> None:
