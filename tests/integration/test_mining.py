@@ -223,3 +223,32 @@ async def test_documented_default_difficulty_still_finds_regtest_blocks(regtest,
         if miner is not None:
             await miner.close()
         await app.stop()
+
+
+async def test_refresh_with_unchanged_mempool_then_resubmitted_solution_is_one_credit(regtest, pool_app):
+    """A refresh that brings the same template sends nothing; when the same work is renewed under a new job id
+    (it ages out for cpuminer's sake), the old solution resubmitted under the new id is a duplicate: one credit."""
+    miner = await connect_miner(pool_app.server.port, await _username(regtest), password="d=1e-10")
+    try:
+        tip = await arpc(regtest, "getbestblockhash")
+        job = await wait_job_on(miner, tip, timeout=10)
+        network = bits_target(job.nbits)
+        en2, ntime, nonce, h = solve_where(miner, job, lambda v: v > network)
+        first = await miner.submit(job, en2, ntime, nonce)
+        assert first.get("result") is True, first
+        notifies = len(miner.jobs)
+        assert await pool_app.source.fetch("refresh")
+        await asyncio.sleep(0.3)
+        assert len(miner.jobs) == notifies  # the same work is not sent again
+        pool_app.coordinator._prepared_at -= 3600  # the job is now old enough to be renewed
+        assert await pool_app.source.fetch("refresh")
+        renewed = await miner.wait_job(timeout=5, newer_than=job)
+        assert renewed.job_id != job.job_id
+        assert (renewed.coinb1, renewed.coinb2, renewed.branch) == (job.coinb1, job.coinb2, job.branch)
+        again = await miner.submit(renewed, en2, ntime, nonce)
+        assert again.get("error") and again["error"][0] == ERR_DUPLICATE, again
+        rows = await asyncio.to_thread(pool_app.ledger.query, "SELECT COUNT(*) FROM shares WHERE block_hash=?",
+                                       (h[::-1].hex(),))
+        assert rows == [(1,)]
+    finally:
+        await miner.close()
