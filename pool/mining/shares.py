@@ -125,30 +125,19 @@ class TargetCache:
 _TARGETS = TargetCache()
 
 
-def check_submission(
-    sub: Submission,
-    jobs: JobBook,
-    extranonce1: bytes,
-    extranonce2_size: int,
-    difficulty: float,
-    version_mask: int,
-    now: float,
-    payout_address: str = "",
-) -> ShareResult:
-    """Judge a submission at ``difficulty`` (the difficulty in force when the job was sent to this miner).
+@dataclass(frozen=True, slots=True)
+class _Hashed:
+    """A well-formed submission, hashed: the share checker's verdict and what it hashed."""
 
-    ``payout_address`` is the submitting worker's address: a job whose coinbase pays someone else (SOLO) is
-    refused, so shares and blocks are always recorded for the address the coinbase actually pays.
-    """
-    found = jobs.get(sub.job_id) if isinstance(sub.job_id, str) else Lookup.UNKNOWN
-    if found is Lookup.UNKNOWN:
-        return Rejected(Reject.UNKNOWN_JOB, f"job {str(sub.job_id)[:32]!r}")
-    stale = found is Lookup.STALE
-    job = jobs.stale_job(sub.job_id) if stale else found
-    if not isinstance(job, Job):
-        return Rejected(Reject.STALE, f"job {sub.job_id!r}")
-    if job.payout_key and job.payout_key != payout_address:
-        return Rejected(Reject.WRONG_PAYOUT, f"job {sub.job_id!r} pays {job.payout_key}")
+    code: int
+    block_hash: bytes
+    header: bytes
+    extranonce2: bytes
+
+
+def _hash_submission(sub: Submission, job: Job, extranonce1: bytes, extranonce2_size: int, difficulty: float,
+                     version_mask: int, now: float) -> _Hashed | Rejected:
+    """Validate the submitted fields against ``job`` and hash the header they make."""
     en2_text = sub.extranonce2
     if not isinstance(en2_text, str) or not _HEX.match(en2_text) or len(en2_text) % 2:
         return Rejected(Reject.MALFORMED, "extranonce2 is not hex")
@@ -186,23 +175,59 @@ def check_submission(
         _TARGETS.get(difficulty),
         job.prepared.network_target_le,
     )
-    if stale:
-        if code != sharecheck.BLOCK:
-            return Rejected(Reject.STALE, f"job {sub.job_id!r}")
-        late = Accepted(job, difficulty, hash_difficulty(block_hash), block_hash, header, extranonce1, extranonce2,
-                        is_block=True)
-        return Rejected(Reject.STALE, f"job {sub.job_id!r} (solves its block: submitted)", block=late)
-    if code == sharecheck.BELOW_SHARE:
-        return Rejected(Reject.LOW_DIFFICULTY, f"share difficulty {hash_difficulty(block_hash):.6g} < {difficulty:.6g}")
-    if not jobs.claim(block_hash):
+    return _Hashed(code, block_hash, header, extranonce2)
+
+
+def check_submission(
+    sub: Submission,
+    jobs: JobBook,
+    extranonce1: bytes,
+    extranonce2_size: int,
+    difficulty: float,
+    version_mask: int,
+    now: float,
+    payout_address: str = "",
+) -> ShareResult:
+    """Judge a submission at ``difficulty`` (the difficulty in force when the job was sent to this miner).
+
+    ``payout_address`` is the submitting worker's address: a job whose coinbase pays someone else (SOLO) is
+    refused, so shares and blocks are always recorded for the address the coinbase actually pays. A share for
+    a stale job is answered "stale" whatever else is wrong with it; it is hashed only to see whether it still
+    solves its block.
+    """
+    found = jobs.get(sub.job_id) if isinstance(sub.job_id, str) else Lookup.UNKNOWN
+    if found is Lookup.UNKNOWN:
+        return Rejected(Reject.UNKNOWN_JOB, f"job {str(sub.job_id)[:32]!r}")
+    if found is Lookup.STALE:
+        stale = Rejected(Reject.STALE, f"job {sub.job_id!r}")
+        old = jobs.stale_job(sub.job_id)
+        if old is None or (old.payout_key and old.payout_key != payout_address):
+            return stale
+        late = _hash_submission(sub, old, extranonce1, extranonce2_size, difficulty, version_mask, now)
+        if not isinstance(late, _Hashed) or late.code != sharecheck.BLOCK:
+            return stale
+        block = Accepted(old, difficulty, hash_difficulty(late.block_hash), late.block_hash, late.header,
+                         extranonce1, late.extranonce2, is_block=True)
+        return Rejected(Reject.STALE, f"job {sub.job_id!r} (solves its block: submitted)", block=block)
+    assert isinstance(found, Job)
+    job = found
+    if job.payout_key and job.payout_key != payout_address:
+        return Rejected(Reject.WRONG_PAYOUT, f"job {sub.job_id!r} pays {job.payout_key}")
+    hashed = _hash_submission(sub, job, extranonce1, extranonce2_size, difficulty, version_mask, now)
+    if isinstance(hashed, Rejected):
+        return hashed
+    if hashed.code == sharecheck.BELOW_SHARE:
+        return Rejected(Reject.LOW_DIFFICULTY,
+                        f"share difficulty {hash_difficulty(hashed.block_hash):.6g} < {difficulty:.6g}")
+    if not jobs.claim(hashed.block_hash):
         return Rejected(Reject.DUPLICATE)
     return Accepted(
         job=job,
         difficulty=difficulty,
-        hash_difficulty=hash_difficulty(block_hash),
-        block_hash=block_hash,
-        header=header,
+        hash_difficulty=hash_difficulty(hashed.block_hash),
+        block_hash=hashed.block_hash,
+        header=hashed.header,
         extranonce1=extranonce1,
-        extranonce2=extranonce2,
-        is_block=code == sharecheck.BLOCK,
+        extranonce2=hashed.extranonce2,
+        is_block=hashed.code == sharecheck.BLOCK,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,6 +59,7 @@ class Coordinator:
         self.stats = PoolStats()
         self._prepared_at = 0.0
         self._block_writes: set[asyncio.Task[None]] = set()
+        self._late_blocks: OrderedDict[bytes, None] = OrderedDict()
 
     # ---- work ----------------------------------------------------------------------------------------------
 
@@ -164,7 +166,11 @@ class Coordinator:
         self.metrics.shares.labels("rejected").inc()
         self.metrics.share_rejects.labels(result.reason.value).inc()
         self.stats.rejected(worker.address, worker.name)
-        if result.block is not None:
+        if result.block is not None and result.block.block_hash not in self._late_blocks:
+            # Each one took block-level work; remembered so a replay is not sent again.
+            self._late_blocks[result.block.block_hash] = None
+            while len(self._late_blocks) > 1024:
+                self._late_blocks.popitem(last=False)
             log.warning("stale_block_candidate", job_id=event.submission.job_id, worker=worker.full_name)
             self._block_found(result.block, worker)
         return result, None

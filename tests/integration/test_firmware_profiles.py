@@ -49,7 +49,9 @@ from tests.support.firmware import (
 pytestmark = pytest.mark.integration
 
 POOL_MASK = 0x1FFFE000
-CAP = 1e-6  # difficulty max of the pool used by profiles that suggest a difficulty (1000, 0.5, 0.00015 ...)
+CAP = 3e-10  # difficulty max of the pool used by profiles that suggest a difficulty (1000, 0.5, 0.00015 ...);
+# below regtest's network difficulty (~4.66e-10), which the pool would otherwise send instead, and above
+# 2**-32 so that a share target below the largest hash (low-difficulty shares) still exists
 ERR_OTHER = 20
 ERR_LOW_DIFF = 23
 
@@ -61,7 +63,8 @@ async def capped_app(regtest, tmp_path: Path):
     """A pool whose difficulty max is small, so a suggested 1000 or 0.5 is clamped to something hashlib can mine."""
     from pool.app import PoolApp
 
-    cfg = await asyncio.to_thread(pool_config, regtest, tmp_path / "capped", difficulty={"max": CAP})
+    cfg = await asyncio.to_thread(pool_config, regtest, tmp_path / "capped",
+                                  difficulty={"max": CAP, "start": CAP / 10, "min": CAP / 100})
     app = PoolApp(cfg)
     await app.start()
     try:
@@ -510,10 +513,15 @@ async def test_pooler_cpuminer(regtest, pool_app):
         await fw.close()
 
 
-async def test_pooler_cpuminer_gets_fresh_work_without_new_blocks(regtest, tmp_path: Path):
-    """pooler cpuminer stops hashing and reconnects after ~120 s without a new job: the pool must re-send work
-    on its refresh interval even when the chain and mempool are idle (here refresh_interval = 1 s)."""
+async def test_pooler_cpuminer_gets_fresh_work_without_new_blocks(regtest, tmp_path: Path, monkeypatch):
+    """pooler cpuminer stops hashing and reconnects after ~120 s without a new job: the pool must renew work
+    before then even when the chain and mempool are idle. An unchanged template keeps its job until the job is
+    JOB_MAX_AGE old (90 s; 2 s here), and is renewed at the next refresh (here refresh_interval = 1 s)."""
     from pool.app import PoolApp
+    from pool.server import coordinator
+
+    assert coordinator.JOB_MAX_AGE < 120
+    monkeypatch.setattr(coordinator, "JOB_MAX_AGE", 2.0)
 
     cfg = await asyncio.to_thread(pool_config, regtest, tmp_path / "refresh")
     # pool_config's first parameter is called `node`, so the [node] section is overridden here instead.
@@ -527,8 +535,9 @@ async def test_pooler_cpuminer_gets_fresh_work_without_new_blocks(regtest, tmp_p
         await fw.send_line(f'{{"id": 2, "method": "mining.authorize", "params": ["{user}", "x"]}}')
         assert _ok(await fw.reply(2)) is True
         first = await fw.wait_job()
-        again = await fw.wait_job(timeout=5, after=first.index)
+        again = await fw.wait_job(timeout=8, after=first.index)
         assert again.job_id != first.job_id and again.prevhash == first.prevhash
+        assert again.clean is False
         _check_difficulty_before_notify(fw)
     finally:
         await fw.close()
