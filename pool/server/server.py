@@ -315,7 +315,7 @@ class StratumServer:
             except TimeoutError:
                 continue
             if not data:
-                return "eof"
+                return "dropped" if session.closing else "eof"  # flush() aborts an over-budget reader
             session.last_activity = time.monotonic()
             proto.receive_data(data)
             while (event := proto.next_event()) is not None:
