@@ -81,8 +81,8 @@ class Session:
         """Hand queued output to the transport, or drop a peer whose pending output passed its budget.
 
         The core counts its queued bytes plus the transport's write buffer (``backlog``) and stops processing
-        requests as soon as the sum passes the budget, so a client that never reads costs at most the budget
-        plus one reply: it is dropped here, without writing what it never reads.
+        requests as soon as the sum passes the budget, so a client that never reads costs the pool at most the
+        budget plus one reply (beside the kernel's socket buffers): it is dropped here, without writing more.
         """
         transport = self.writer.transport
         if transport.is_closing():

@@ -884,6 +884,7 @@ async def test_get_transactions_amplifier_that_never_reads(regtest, tmp_path: Pa
             lists = [r for r in replies if isinstance(r.get("result"), list)]
             limited = [r for r in replies if _code(r) == ERR_OTHER and "slow down" in r["error"][1]]
             assert 1 <= len(lists) <= 5 and len(lists) + len(limited) == len(new_ids), replies
+            assert arena.metric("pool_protocol_errors_total", {"kind": "get-transactions-limited"}) == len(limited)
             assert not fw.eof
         finally:
             await fw.close()
