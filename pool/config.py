@@ -48,6 +48,7 @@ class StratumConfig:
     idle_timeout: float = 600.0
     max_connections: int = 100_000
     max_connections_per_ip: int = 1024
+    max_pending_output_bytes: int = 1 << 20  # per connection: replies queued and not yet sent; beyond: dropped
     guard: GuardConfig = GuardConfig()  # rate limits, invalid-share escalation, bans
     session_resume_seconds: float = 600.0
 
@@ -209,6 +210,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         idle_timeout=s.number("idle_timeout", 600.0, 10, 86400),
         max_connections=s.integer("max_connections", 100_000, 1, 10_000_000),
         max_connections_per_ip=s.integer("max_connections_per_ip", 1024, 1, 10_000_000),
+        # Miners that use get_transactions need room for its answer: about 67 bytes per template transaction.
+        max_pending_output_bytes=s.integer("max_pending_output_bytes", 1 << 20, 1 << 16, 1 << 30),
         guard=GuardConfig(
             connect_rate_per_ip=s.number("connect_rate_per_ip", 20.0, 0.01, 1e6),
             connect_burst_per_ip=s.number("connect_burst_per_ip", 200.0, 1, 1e7),

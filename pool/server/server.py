@@ -20,6 +20,7 @@ import structlog
 
 from pool.config import Config
 from pool.mining.extranonce import ExtranonceAllocator
+from pool.mining.jobs import Job
 from pool.mining.shares import Accepted, Reject, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
 from pool.mining.workers import Worker, parse_worker
@@ -37,15 +38,18 @@ from pool.stratum.events import (
     Subscribed,
     TransactionsRequested,
 )
-from pool.stratum.protocol import ProtocolConfig, StratumProtocol
+from pool.stratum.protocol import ERR_JOB_NOT_FOUND, ERR_OTHER, ProtocolConfig, StratumProtocol
 
 log = structlog.get_logger("pool.server")
 
-MAX_WRITE_BUFFER = 1 << 20  # a reader this far behind is dropped rather than buffered without bound
 MAX_PROTOCOL_ERRORS = 50
 HINT_BURST = 4.0  # difficulty hints that re-send work at once ...
 HINT_RATE = 4.0 / 60  # ... and how fast that allowance refills (per second); later hints are coalesced
 SOLO_MAX_PAYOUT_ADDRESSES = 8  # SOLO sends each payout address of a connection its own job
+# mining.get_transactions per connection (token bucket): its answer is the largest reply, and an honest miner
+# asks at most once per job. Beyond the burst: error 20.
+TRANSACTIONS_RATE = 0.2
+TRANSACTIONS_BURST = 5
 
 
 class Session:
@@ -53,7 +57,7 @@ class Session:
 
     __slots__ = (
         "id", "peer", "ip", "protocol", "writer", "vardiff", "connected", "last_activity", "worker", "has_work",
-        "errors", "log", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
+        "errors", "log", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending", "transactions",
     )
 
     def __init__(self, sid: int, peer: str, ip: str, protocol: StratumProtocol, writer: asyncio.StreamWriter,
@@ -77,19 +81,28 @@ class Session:
         self.errors = 0
         self.closing = False
         self.log = log.bind(session=sid, peer=peer, worker=None)  # worker is filled in at authorize
+        self.transactions = TokenBucket(TRANSACTIONS_RATE, TRANSACTIONS_BURST, self.connected)
 
     def flush(self) -> None:
-        data = self.protocol.data_to_send()
-        if data:
-            transport = self.writer.transport
-            if transport.is_closing():
+        """Hand queued output to the transport, or drop a peer whose pending output passed its budget.
+
+        The core counts its queued bytes plus the transport's write buffer (``backlog``) and stops processing
+        requests as soon as the sum passes the budget, so a client that never reads costs the pool at most the
+        budget plus one reply (beside the kernel's socket buffers): it is dropped here, without writing more.
+        """
+        transport = self.writer.transport
+        if transport.is_closing():
+            return
+        proto = self.protocol
+        if not proto.over_budget:
+            data = proto.data_to_send()
+            if data:
+                self.writer.write(data)
+            if not proto.over_budget:
                 return
-            if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-                self.log.warning("slow_reader_dropped")
-                self.closing = True
-                transport.abort()
-                return
-            self.writer.write(data)
+        self.log.warning("slow_reader_dropped", pending_bytes=proto.pending_output)
+        self.closing = True
+        transport.abort()
 
 
 class StratumServer:
@@ -107,6 +120,7 @@ class StratumServer:
             pool_version_mask=sc.version_mask,
             start_difficulty=dc.start,
             max_payout_addresses=SOLO_MAX_PAYOUT_ADDRESSES if config.payout.scheme == "solo" else 0,
+            max_pending_output=sc.max_pending_output_bytes,
         )
         self._vardiff_config = VardiffConfig(
             start=dc.start,
@@ -244,7 +258,8 @@ class StratumServer:
         extranonce1 = self._extranonces.allocate()
         sid = next(self._ids)
         protocol = StratumProtocol(
-            self._proto_config, extranonce1, self._authorizer, lambda h: self._resume(h, extranonce1)
+            self._proto_config, extranonce1, self._authorizer, lambda h: self._resume(h, extranonce1),
+            backlog=writer.transport.get_write_buffer_size,
         )
         session = Session(
             sid, peer, ip, protocol, writer, Vardiff(self._vardiff_config, now),
@@ -314,7 +329,7 @@ class StratumServer:
             except TimeoutError:
                 continue
             if not data:
-                return "eof"
+                return "dropped" if session.closing else "eof"  # flush() aborts an over-budget reader
             session.last_activity = time.monotonic()
             proto.receive_data(data)
             while (event := proto.next_event()) is not None:
@@ -375,9 +390,18 @@ class StratumServer:
             session.vardiff.suggest(event.difficulty, time.monotonic())
             self._retune(session, hint=True)
         elif isinstance(event, TransactionsRequested):
+            # The core lets through only logged-in sessions, jobs they were sent, and each job once.
+            if not session.transactions.take(time.monotonic()):
+                self.metrics.protocol_errors.labels("get-transactions-limited").inc()
+                proto.answer_error(event.request_id, ERR_OTHER, "Too many get_transactions requests, slow down")
+                session.errors += 1
+                return
             job = self.coordinator.book.get(event.job_id)
-            txids = [tx.txid[::-1].hex() for tx in job.template.transactions] if hasattr(job, "template") else []
-            proto.answer(event.request_id, txids)
+            if isinstance(job, Job):
+                txids = [tx.txid[::-1].hex() for tx in job.template.transactions]
+                proto.answer_transactions(event.request_id, event.job_id, txids)
+            else:
+                proto.answer_error(event.request_id, ERR_JOB_NOT_FOUND, "Job not found")
         elif isinstance(event, ShareRefused):
             self.metrics.shares.labels("rejected").inc()
             self.metrics.share_rejects.labels(event.rejected.reason.value).inc()

@@ -63,7 +63,8 @@ class DifficultySuggested:
 
 @dataclass(frozen=True, slots=True)
 class TransactionsRequested:
-    """``mining.get_transactions``: the server answers with the job's transaction ids."""
+    """``mining.get_transactions`` from a logged-in session, for a job it was sent and has not had the list of:
+    the server answers with ``answer_transactions`` (the job's transaction ids) or an error."""
 
     request_id: Any
     job_id: str

@@ -7,7 +7,11 @@ rest of the pool (share judgement, transaction lists) become events the server a
 order requests arrived, which miners that reuse one id for every submit rely on.
 
 Framing is the first defence against a client that never sends a newline: ``LineFramer`` holds at most
-``max_line`` bytes of an unfinished line.
+``max_line`` bytes of an unfinished line. The output budget is the defence against a client that never reads:
+the core counts the bytes it queued that the server has not taken, plus what the I/O layer still holds
+(``backlog``), and stops processing lines the moment that passes ``max_pending_output`` -- after every reply,
+not once per read, because one 64 KiB read of requests can ask for megabytes of answers. The server drops such
+a connection (``over_budget``).
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class LineFramer:
 
 
 ERR_OTHER = 20
+ERR_JOB_NOT_FOUND = 21
 ERR_UNAUTHORIZED = 24
 ERR_NOT_SUBSCRIBED = 25
 MAX_WORKERS_PER_SESSION = 64
@@ -92,11 +97,14 @@ class ProtocolConfig:
     pool_version_mask: int = 0x1FFFE000
     start_difficulty: float = 1.0
     max_payout_addresses: int = 0  # distinct payout addresses per connection (SOLO: a job each); 0 = no cap
+    max_pending_output: int = 1 << 20  # bytes queued for the peer and not yet sent; beyond: drop it
 
 
 Authorizer = Callable[[str, str], Worker]
 # Given the extranonce1 a miner asks to resume (hex), return it as bytes if it may have it back, else None.
 Resumer = Callable[[str], bytes | None]
+# Bytes the I/O layer has taken but not yet sent (the transport's write buffer); they count against the budget.
+Backlog = Callable[[], int]
 _SERVER_REQUEST_BASE = 1 << 30  # ids of our own requests (client.get_version), far from any miner's ids
 
 
@@ -135,11 +143,12 @@ class StratumProtocol:
     """One miner connection's protocol state machine."""
 
     def __init__(self, config: ProtocolConfig, extranonce1: bytes, authorizer: Authorizer,
-                 resumer: Resumer | None = None) -> None:
+                 resumer: Resumer | None = None, backlog: Backlog | None = None) -> None:
         self.config = config
         self.extranonce1 = extranonce1
         self._authorize = authorizer
         self._resume = resumer
+        self._backlog = backlog
         self.requested_mask = 0
         self.client_version: str | None = None
         self._server_requests: dict[int, str] = {}
@@ -147,6 +156,8 @@ class StratumProtocol:
         self._framer = LineFramer(config.max_line)
         self._lines: deque[bytes] = deque()
         self._out: list[bytes] = []
+        self._queued = 0  # bytes in _out
+        self._over_budget = False
         self._fatal: str | None = None
         self.closed = False
         self.subscribed = False
@@ -159,13 +170,14 @@ class StratumProtocol:
         self._sent_difficulty: float | None = None
         # id sent in notify -> (job id in the pool's book, difficulty in force for it). Bounded per session.
         self._sent_jobs: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._transactions_sent: OrderedDict[str, None] = OrderedDict()  # jobs whose list went out
         self.current_job: Job | None = None
 
     # ---- input ---------------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Buffer received bytes; call ``next_event`` until it returns None."""
-        if self.closed or self._fatal:
+        if self.closed or self._fatal or self.over_budget:
             return
         try:
             self._lines.extend(self._framer.feed(data))
@@ -173,8 +185,14 @@ class StratumProtocol:
             self._fatal = str(exc)
 
     def next_event(self) -> Event | None:
-        """Process buffered lines until one yields an event for the server."""
+        """Process buffered lines until one yields an event for the server.
+
+        Returns None with lines left unprocessed once the output budget is exceeded (see ``over_budget``).
+        """
         while self._lines and not self.closed:
+            if self.over_budget:
+                self._lines.clear()  # the connection is being dropped; nothing more is answered
+                return None
             event = self._handle_line(self._lines.popleft())
             if event is not None:
                 return event
@@ -371,7 +389,24 @@ class StratumProtocol:
         return None
 
     def _on_get_transactions(self, req_id: Any, params: Any) -> Event | None:
-        job_id = params[0] if isinstance(params, list) and params and isinstance(params[0], str) else ""
+        """The job's transaction ids: the largest reply there is (about 67 bytes per transaction), so only for
+        a logged-in session, only for a job it was sent (no params: its current job) and only once per job."""
+        if not self.workers:
+            self._send_error(req_id, ERR_UNAUTHORIZED, "Unauthorized worker")
+            return ProtocolError("get_transactions before authorize", fatal=False)
+        args = params if isinstance(params, list) else []
+        job_id = args[0] if args else (self.current_job.job_id if self.current_job is not None else "")
+        if isinstance(job_id, int) and not isinstance(job_id, bool):
+            job_id = f"{job_id:x}"
+        sent = self._sent_jobs.get(job_id) if isinstance(job_id, str) else None
+        if sent is not None:
+            job_id = sent[0]  # an alias (difficulty re-send) asks for the same job's transactions
+        elif self.current_job is None or job_id != self.current_job.job_id:
+            self._send_error(req_id, ERR_JOB_NOT_FOUND, "Job not found")
+            return ProtocolError("get_transactions for a job this session was not sent", fatal=False)
+        if job_id in self._transactions_sent:
+            self._send_error(req_id, ERR_OTHER, "Transactions of this job were already sent")
+            return ProtocolError("get_transactions repeated for one job", fatal=False)
         return TransactionsRequested(req_id, job_id)
 
     # ---- output --------------------------------------------------------------------------------------------
@@ -417,6 +452,13 @@ class StratumProtocol:
 
     def answer(self, req_id: Any, result: Any) -> None:
         self._send_result(req_id, result)
+
+    def answer_transactions(self, req_id: Any, job_id: str, txids: list[str]) -> None:
+        """Reply to a TransactionsRequested event; the job's list is never sent to this session again."""
+        self._transactions_sent[job_id] = None
+        while len(self._transactions_sent) > _JOB_DIFFICULTY_MEMORY:
+            self._transactions_sent.popitem(last=False)
+        self._send_result(req_id, txids)
 
     def answer_error(self, req_id: Any, code: int, message: str) -> None:
         self._send_error(req_id, code, message)
@@ -467,7 +509,21 @@ class StratumProtocol:
             return b""
         data = b"".join(self._out)
         self._out.clear()
+        self._queued = 0
         return data
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes on their way to the peer: queued here and not yet taken, plus the I/O layer's backlog."""
+        return self._queued + (self._backlog() if self._backlog is not None else 0)
+
+    @property
+    def over_budget(self) -> bool:
+        """The peer is not reading what it asks for: the server must drop the connection. Once true it stays
+        true, so nothing more is processed whatever the server takes from the queue afterwards."""
+        if not self._over_budget and self.pending_output > self.config.max_pending_output:
+            self._over_budget = True
+        return self._over_budget
 
     def _send_result(self, req_id: Any, result: Any) -> None:
         self._write({"id": req_id, "result": result, "error": None})
@@ -479,7 +535,9 @@ class StratumProtocol:
         self._write({"id": None, "method": method, "params": params})
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._out.append(json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n")
+        data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        self._out.append(data)
+        self._queued += len(data)
 
 
 _HANDLERS: dict[str, Callable[[StratumProtocol, Any, Any], Event | None]] = {

@@ -155,7 +155,10 @@ class FirmwareClient:
     # ---- connection --------------------------------------------------------------------------------------
 
     async def connect(self, port: int, timeout: float = 5.0) -> FirmwareClient:
-        self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        # A get_transactions answer is one line of about 67 bytes per transaction: above asyncio's 64 KiB default.
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, limit=1 << 20), timeout
+        )
         self._task = asyncio.create_task(self._read_loop(), name=f"fw-{self.name}")
         return self
 

@@ -267,3 +267,14 @@ def test_example_config_uses_only_known_keys() -> None:
         pytest.skip(f"example uses network {network!r}")
     cfg = parse_config(raw, env={})
     assert cfg.node.network == network
+
+
+def test_output_budget_per_connection() -> None:
+    """``stratum.max_pending_output_bytes``: 1 MiB by default, the same in example.toml; nonsense names the key."""
+    assert parse_config(minimal(), env={}).stratum.max_pending_output_bytes == 1 << 20
+    assert parse_config(minimal(stratum={"max_pending_output_bytes": 4 << 20}), env={}).stratum \
+        .max_pending_output_bytes == 4 << 20
+    for bad in (0, 1000, 1 << 31, "1MiB"):
+        assert "stratum.max_pending_output_bytes" in error_for(minimal(stratum={"max_pending_output_bytes": bad}))
+    if EXAMPLE.is_file():
+        assert tomllib.loads(EXAMPLE.read_text())["stratum"]["max_pending_output_bytes"] == 1 << 20

@@ -21,7 +21,6 @@ from pool.stratum.events import (
     ShareRefused,
     ShareSubmitted,
     Subscribed,
-    TransactionsRequested,
 )
 from pool.stratum.protocol import MAX_WORKERS_PER_SESSION, ProtocolConfig, StratumProtocol
 from tests.unit.helpers import DIFF1, build_job, find_nonce, make_gbt, regtest_address
@@ -541,7 +540,7 @@ def test_configure_odd_params(params: Any) -> None:
     assert out[0]["id"] == 0 and out[0]["error"] is None and isinstance(out[0]["result"], dict)
 
 
-# ---- difficulty hints, extranonce.subscribe, ping, get_transactions -------------------------------------
+# ---- difficulty hints, extranonce.subscribe, ping (get_transactions: test_protocol_budget.py) ------------
 
 
 @pytest.mark.parametrize(
@@ -603,15 +602,6 @@ def test_extranonce_subscribe() -> None:
 def test_ping() -> None:
     _, out = drive(new_proto(), req(8, "mining.ping", []))
     assert out == [{"id": 8, "result": "pong", "error": None}]
-
-
-def test_get_transactions_is_answered_by_server() -> None:
-    proto = new_proto()
-    events, out = drive(proto, req(6, "mining.get_transactions", ["1a"]))
-    assert events == [TransactionsRequested(6, "1a")]
-    assert out == []
-    proto.answer(6, ["aa" * 32])
-    assert output(proto) == [{"id": 6, "result": ["aa" * 32], "error": None}]
 
 
 # ---- sending work ---------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class Harness:
             result = check_submission(event.submission, BOOK, p.extranonce1, 8, event.difficulty, event.version_mask, JOB.ntime)
             p.answer_submit(event.request_id, result)
         elif isinstance(event, TransactionsRequested):
-            p.answer(event.request_id, [])
+            p.answer_transactions(event.request_id, event.job_id, [])
         elif isinstance(event, Authorized) and p.subscribed:
             p.send_job(JOB, True)
         elif isinstance(event, DifficultySuggested):
