@@ -2,12 +2,15 @@
 
 ``pool run`` with no ``--config`` uses the embedded default: a regtest bitcoind the pool starts itself, a
 SQLite ledger under ``./data`` and Stratum on 127.0.0.1:3333. Secrets may come from the environment
-(``POOL_RPC_PASSWORD``) or bitcoind's cookie file instead of the file.
+(``POOL_RPC_PASSWORD``, ``POOL_ADMIN_TOKEN``) or files (bitcoind's cookie, ``admin.token_file``) instead of
+the config file. Files the pool needs later (TLS certificate and key) are checked here, so ``pool check-config``
+catches them too.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,9 @@ class StratumConfig:
     max_connections_per_ip: int = 1024
     guard: GuardConfig = GuardConfig()  # rate limits, invalid-share escalation, bans
     session_resume_seconds: float = 600.0
+    tls_port: int | None = None  # None: no TLS listener; 0: any free port
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,24 @@ class RegtestConfig:
     zmq_port: int = 0
 
 
+BIP320_MASK = 0x1FFFE000  # the version bits BIP 320 leaves for general purpose (version rolling)
+MIN_TOKEN_LENGTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The operator API (/admin/*): off without a token; on the metrics listener unless ``port`` is set."""
+
+    token: str = field(default="", repr=False)
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: served on the metrics listener; set: only on a listener of its own
+    reconnect_allowlist: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = NodeConfig()
@@ -93,6 +117,7 @@ class Config:
     difficulty: DifficultyConfig = DifficultyConfig()
     payout: PayoutConfig = PayoutConfig()
     regtest: RegtestConfig = RegtestConfig()
+    admin: AdminConfig = AdminConfig()
     data_dir: str = "data"
     ledger_path: str = ""
     metrics_enabled: bool = True
@@ -150,6 +175,17 @@ class _Reader:
             raise ConfigError(f"{self._name(key)} must be between {lo} and {hi}, got {value}")
         return value
 
+    def optional_integer(self, key: str, lo: int, hi: int) -> int | None:
+        if key not in self._t:
+            return None
+        return self.integer(key, 0, lo, hi)
+
+    def string_list(self, key: str) -> tuple[str, ...]:
+        values = self._get(key, [], (list,), "a list of strings")
+        if not all(isinstance(v, str) and v.strip() for v in values):
+            raise ConfigError(f"{self._name(key)} must be a list of non-empty strings, got {values!r}")
+        return tuple(values)
+
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.string(key, default).lower()
         if value not in choices:
@@ -196,6 +232,11 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"stratum.version_mask must be 8 hex digits, got {mask_text!r}") from exc
     if not 0 <= mask <= 0xFFFFFFFF:
         raise ConfigError(f"stratum.version_mask must be 8 hex digits, got {mask_text!r}")
+    if mask & ~BIP320_MASK:
+        raise ConfigError(
+            f"stratum.version_mask must be the BIP 320 general-purpose bits {BIP320_MASK:08x} or a subset of them,"
+            f" got {mask:08x} (bits {mask & ~BIP320_MASK:08x} are outside)"
+        )
     stratum = StratumConfig(
         host=s.string("host", "0.0.0.0"),
         port=s.integer("port", 3333, 0, 65535),
@@ -219,10 +260,14 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
             ban_seconds=s.number("ban_seconds", 600.0, 0, 86400 * 30),
         ),
         session_resume_seconds=s.number("session_resume_seconds", 600.0, 0, 86400),
+        tls_port=s.optional_integer("tls_port", 0, 65535),
+        tls_cert=s.string("tls_cert", ""),
+        tls_key=s.string("tls_key", ""),
     )
     s.done()
     if len(stratum.pool_tag.encode()) > 60:
         raise ConfigError("stratum.pool_tag must be at most 60 bytes")
+    _check_tls(stratum)
 
     d = _section(raw, "difficulty")
     difficulty = DifficultyConfig(
@@ -270,6 +315,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     elif payout.scheme != "solo" and not regtest.managed:
         raise ConfigError(f"payout.pool_address is required for scheme {payout.scheme!r}")
 
+    admin = _admin(_section(raw, "admin"), env)
+
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
     metrics_table = _Reader(top._get("metrics", {}, (dict,), "a table"), "metrics")
@@ -280,6 +327,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         difficulty=difficulty,
         payout=payout,
         regtest=regtest,
+        admin=admin,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
         metrics_enabled=metrics_table.boolean("enabled", True),
@@ -291,7 +339,88 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     )
     for reader in (top, ledger_table, metrics_table, log_table):
         reader.done()
+    if admin.enabled and admin.port is None and not config.metrics_enabled:
+        raise ConfigError("an admin token is set but metrics.enabled = false and admin.port is not set:"
+                          " set admin.port to serve the admin API on a listener of its own")
     return config
+
+
+def load_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server-side TLS context for Stratum; ConfigError naming the setting when a file is missing or bad.
+
+    Used at start-up (through the config check) and on every reload, so a bad new pair is refused the same way.
+    """
+    for name, path in (("stratum.tls_cert", cert), ("stratum.tls_key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from exc
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            raise ConfigError(f"stratum.tls_cert and stratum.tls_key do not belong together ({cert!r}, {key!r})") from exc
+        which = "stratum.tls_key" if "PEM lib" in str(exc) and _looks_like_cert(cert) else "stratum.tls_cert"
+        raise ConfigError(f"{which}: cannot load the TLS certificate {cert!r} with key {key!r}: {exc}") from exc
+    return context
+
+
+def _looks_like_cert(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return b"-----BEGIN CERTIFICATE-----" in fh.read(1 << 20)
+    except OSError:
+        return False
+
+
+def _check_tls(stratum: StratumConfig) -> None:
+    if stratum.tls_port is None:
+        if stratum.tls_cert or stratum.tls_key:
+            raise ConfigError("stratum.tls_cert/tls_key are set but stratum.tls_port is not: set the TLS port")
+        return
+    if not stratum.tls_cert:
+        raise ConfigError("stratum.tls_port is set: stratum.tls_cert (PEM certificate chain) is required")
+    if not stratum.tls_key:
+        raise ConfigError("stratum.tls_port is set: stratum.tls_key (PEM private key) is required")
+    if stratum.tls_port != 0 and stratum.tls_port == stratum.port:
+        raise ConfigError(f"stratum.tls_port must differ from stratum.port ({stratum.port})")
+    load_tls_context(stratum.tls_cert, stratum.tls_key)
+
+
+def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
+    token = a.string("token", "")
+    token_file = a.string("token_file", "")
+    source = "admin.token"
+    if token and token_file:
+        raise ConfigError("admin.token and admin.token_file are both set: keep one")
+    if token_file:
+        source = "admin.token_file"
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"admin.token_file: cannot read {token_file!r}: {exc}") from exc
+        if not token:
+            raise ConfigError(f"admin.token_file: {token_file!r} is empty")
+    elif not token and env.get("POOL_ADMIN_TOKEN"):
+        source, token = "POOL_ADMIN_TOKEN", env["POOL_ADMIN_TOKEN"].strip()
+    if token and (len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token)):
+        raise ConfigError(f"{source} must be at least {MIN_TOKEN_LENGTH} characters without spaces"
+                          " (e.g. from: openssl rand -hex 32)")
+    admin = AdminConfig(
+        token=token,
+        host=a.string("host", "127.0.0.1"),
+        port=a.optional_integer("port", 0, 65535),
+        reconnect_allowlist=tuple(h.strip().rstrip(".").lower() for h in a.string_list("reconnect_allowlist")),
+    )
+    a.done()
+    if admin.port is not None and not admin.enabled:
+        raise ConfigError("admin.port is set but no admin token is configured"
+                          " (admin.token, admin.token_file or POOL_ADMIN_TOKEN)")
+    return admin
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
