@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import itertools
 import socket
+import ssl
 import time
 from collections import Counter as CountMap
 from collections import OrderedDict
@@ -18,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from pool.config import Config
+from pool.config import Config, ConfigError, load_tls_context
 from pool.mining.extranonce import ExtranonceAllocator
 from pool.mining.shares import Accepted, Reject, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
@@ -43,6 +44,7 @@ log = structlog.get_logger("pool.server")
 
 MAX_WRITE_BUFFER = 1 << 20  # a reader this far behind is dropped rather than buffered without bound
 MAX_PROTOCOL_ERRORS = 50
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds; a client that does not finish the handshake is closed
 
 
 class Session:
@@ -117,29 +119,72 @@ class StratumServer:
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._tls_server: asyncio.base_events.Server | None = None
+        self._tls_current: ssl.SSLContext | None = None  # what new TLS handshakes get; swapped by reload_tls()
         self.port = 0
+        self.tls_port = 0
 
     async def start(self) -> int:
         sc = self.config.stratum
         self._server = await asyncio.start_server(self._handle, sc.host, sc.port, limit=sc.max_line_bytes * 2,
                                                   backlog=1024)
         self.port = int(self._server.sockets[0].getsockname()[1])
+        if sc.tls_port is not None:
+            await self._start_tls_listener()
         self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stratum-housekeeping")
-        log.info("stratum_listening", host=sc.host, port=self.port)
+        log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
+
+    async def _start_tls_listener(self) -> None:
+        """The same protocol over TLS (``stratum+ssl://``): the handshake happens before ``_handle`` sees the
+        connection, so a plain-text client on this port is closed without ever becoming a session."""
+        sc = self.config.stratum
+        self._tls_current = load_tls_context(sc.tls_cert, sc.tls_key)
+        listening = self._tls_current
+        # OpenSSL calls this for every ClientHello (with or without SNI): hand the handshake the current
+        # context, so a reloaded certificate applies to new connections while open ones keep theirs.
+        listening.sni_callback = self._select_tls_context
+        self._tls_server = await asyncio.start_server(
+            self._handle, sc.host, sc.tls_port, ssl=listening, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            limit=sc.max_line_bytes * 2, backlog=1024,
+        )
+        self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
+
+    def _select_tls_context(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self._tls_current
+        if current is not None and current is not ctx:
+            sslobj.context = current
+
+    def reload_tls(self) -> bool:
+        """Re-read ``stratum.tls_cert``/``tls_key`` (SIGHUP). A pair that does not load is refused and the
+        certificate in service stays; returns whether the new one was taken."""
+        sc = self.config.stratum
+        if self._tls_server is None:
+            return False
+        try:
+            context = load_tls_context(sc.tls_cert, sc.tls_key)
+        except ConfigError as exc:
+            self.metrics.tls_reloads.labels("failed").inc()
+            log.error("tls_reload_failed", error=str(exc))
+            return False
+        self._tls_current = context
+        self.metrics.tls_reloads.labels("ok").inc()
+        log.info("tls_reloaded", cert=sc.tls_cert)
+        return True
 
     async def close(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
-        if self._server is not None:
-            self._server.close()
+        listeners = [srv for srv in (self._server, self._tls_server) if srv is not None]
+        for srv in listeners:
+            srv.close()
         for session in list(self.sessions.values()):
             session.writer.transport.abort()
-        if self._server is not None:
+        for srv in listeners:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                await asyncio.wait_for(srv.wait_closed(), 5)
 
     # ---- work broadcast ------------------------------------------------------------------------------------
 
