@@ -185,7 +185,7 @@ async def test_sighup_reloads_the_certificate_of_pool_run(regtest, tmp_path: Pat
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert line, (tmp_path / "stderr.log").read_text()
             banner += line
-        assert f"stratum+ssl://".encode() in banner and str(tls_port).encode() in banner
+        assert b"stratum+ssl://" in banner and str(tls_port).encode() in banner
         trust_both = client_context(cert, new_cert)
         user = f"{address}.hup"
         first = await tls_miner(tls_port, user, trust_both)
