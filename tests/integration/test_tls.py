@@ -20,13 +20,13 @@ import pytest
 from pool.node.regtest import free_port
 from tests.conftest import pool_config
 from tests.support.chain import arpc, connect_miner, mine_block_on, wait_tip, wait_until
-from tests.support.miner import TestMiner
+from tests.support.miner import TestMiner as StratumMiner
 from tests.support.tls import cert_fingerprint, client_context, fingerprint, make_cert
 
 pytestmark = pytest.mark.integration
 
 
-class TlsMiner(TestMiner):
+class TlsMiner(StratumMiner):
     """The independent test miner, over TLS (verifying the pool's certificate)."""
 
     def __init__(self, port: int, username: str, context: ssl.SSLContext, password: str = "x") -> None:
