@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # start-up failures an operator must read, not a traceback
         from pool.node.regtest import BitcoindNotFound
         from pool.node.rpc import NodeError, NodeUnavailable
+        from pool.server.tls import TlsError  # certificate or key changed between the config check and start
 
-        if isinstance(exc, BitcoindNotFound | NodeUnavailable | NodeError | OSError | RuntimeError):
+        if isinstance(exc, BitcoindNotFound | NodeUnavailable | NodeError | OSError | RuntimeError | TlsError):
             print(f"pool: cannot start: {exc}", file=sys.stderr)
             return 1
         raise

@@ -10,7 +10,6 @@ catches them too.
 from __future__ import annotations
 
 import os
-import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
 from pool.server.guard import GuardConfig
+from pool.server.tls import TlsError, load_tls_context
 
 
 class ConfigError(Exception):
@@ -345,37 +345,6 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     return config
 
 
-def load_tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server-side TLS context for Stratum; ConfigError naming the setting when a file is missing or bad.
-
-    Used at start-up (through the config check) and on every reload, so a bad new pair is refused the same way.
-    """
-    for name, path in (("stratum.tls_cert", cert), ("stratum.tls_key", key)):
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from exc
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except ssl.SSLError as exc:
-        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
-            raise ConfigError(f"stratum.tls_cert and stratum.tls_key do not belong together ({cert!r}, {key!r})") from exc
-        which = "stratum.tls_key" if "PEM lib" in str(exc) and _looks_like_cert(cert) else "stratum.tls_cert"
-        raise ConfigError(f"{which}: cannot load the TLS certificate {cert!r} with key {key!r}: {exc}") from exc
-    return context
-
-
-def _looks_like_cert(path: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return b"-----BEGIN CERTIFICATE-----" in fh.read(1 << 20)
-    except OSError:
-        return False
-
-
 def _check_tls(stratum: StratumConfig) -> None:
     if stratum.tls_port is None:
         if stratum.tls_cert or stratum.tls_key:
@@ -387,7 +356,10 @@ def _check_tls(stratum: StratumConfig) -> None:
         raise ConfigError("stratum.tls_port is set: stratum.tls_key (PEM private key) is required")
     if stratum.tls_port != 0 and stratum.tls_port == stratum.port:
         raise ConfigError(f"stratum.tls_port must differ from stratum.port ({stratum.port})")
-    load_tls_context(stratum.tls_cert, stratum.tls_key)
+    try:
+        load_tls_context(stratum.tls_cert, stratum.tls_key)
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import itertools
 import socket
-import ssl
 import time
 from collections import Counter as CountMap
 from collections import OrderedDict
@@ -19,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from pool.config import Config, ConfigError, load_tls_context
+from pool.config import Config
 from pool.mining.extranonce import ExtranonceAllocator
 from pool.mining.shares import Accepted, Reject, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
@@ -27,6 +26,7 @@ from pool.mining.workers import Worker, parse_worker
 from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
+from pool.server.tls import TlsListener
 from pool.stratum.events import (
     Authorized,
     AuthorizeFailed,
@@ -44,7 +44,6 @@ log = structlog.get_logger("pool.server")
 
 MAX_WRITE_BUFFER = 1 << 20  # a reader this far behind is dropped rather than buffered without bound
 MAX_PROTOCOL_ERRORS = 50
-TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds; a client that does not finish the handshake is closed
 
 
 class Session:
@@ -119,8 +118,7 @@ class StratumServer:
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
-        self._tls_server: asyncio.base_events.Server | None = None
-        self._tls_current: ssl.SSLContext | None = None  # what new TLS handshakes get; swapped by reload_tls()
+        self.tls: TlsListener | None = None  # Stratum over TLS, beside the plain listener
         self.port = 0
         self.tls_port = 0
 
@@ -130,61 +128,32 @@ class StratumServer:
                                                   backlog=1024)
         self.port = int(self._server.sockets[0].getsockname()[1])
         if sc.tls_port is not None:
-            await self._start_tls_listener()
+            self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
+            self.tls_port = await self.tls.start(self._handle, sc.host, sc.tls_port, sc.max_line_bytes * 2)
         self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stratum-housekeeping")
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
 
-    async def _start_tls_listener(self) -> None:
-        """The same protocol over TLS (``stratum+ssl://``): the handshake happens before ``_handle`` sees the
-        connection, so a plain-text client on this port is closed without ever becoming a session."""
-        sc = self.config.stratum
-        self._tls_current = load_tls_context(sc.tls_cert, sc.tls_key)
-        listening = self._tls_current
-        # OpenSSL calls this for every ClientHello (with or without SNI): hand the handshake the current
-        # context, so a reloaded certificate applies to new connections while open ones keep theirs.
-        listening.sni_callback = self._select_tls_context
-        self._tls_server = await asyncio.start_server(
-            self._handle, sc.host, sc.tls_port, ssl=listening, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-            limit=sc.max_line_bytes * 2, backlog=1024,
-        )
-        self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
-
-    def _select_tls_context(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
-        current = self._tls_current
-        if current is not None and current is not ctx:
-            sslobj.context = current
-
     def reload_tls(self) -> bool:
-        """Re-read ``stratum.tls_cert``/``tls_key`` (SIGHUP). A pair that does not load is refused and the
-        certificate in service stays; returns whether the new one was taken."""
-        sc = self.config.stratum
-        if self._tls_server is None:
-            return False
-        try:
-            context = load_tls_context(sc.tls_cert, sc.tls_key)
-        except ConfigError as exc:
-            self.metrics.tls_reloads.labels("failed").inc()
-            log.error("tls_reload_failed", error=str(exc))
-            return False
-        self._tls_current = context
-        self.metrics.tls_reloads.labels("ok").inc()
-        log.info("tls_reloaded", cert=sc.tls_cert)
-        return True
+        """SIGHUP: re-read the TLS certificate and key for new connections (see TlsListener.reload)."""
+        return self.tls.reload() if self.tls is not None else False
 
     async def close(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
-        listeners = [srv for srv in (self._server, self._tls_server) if srv is not None]
-        for srv in listeners:
-            srv.close()
+        if self._server is not None:
+            self._server.close()
+        if self.tls is not None:
+            self.tls.close()
         for session in list(self.sessions.values()):
             session.writer.transport.abort()
-        for srv in listeners:
+        if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(srv.wait_closed(), 5)
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self.tls is not None:
+            await self.tls.wait_closed()
 
     # ---- work broadcast ------------------------------------------------------------------------------------
 
