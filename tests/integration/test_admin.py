@@ -265,3 +265,13 @@ async def test_address_api_while_stats_change(regtest, tmp_path: Path):
         finally:
             stop.set()
             await task
+
+
+async def test_admin_listener_without_metrics(regtest, tmp_path: Path):
+    """metrics.enabled = false and admin.port set: only the admin listener runs."""
+    overrides = {"admin": {"token": TOKEN, "port": 0}, "metrics": {"enabled": False}}
+    async with running_pool(regtest, tmp_path / "pool", **overrides) as app:
+        assert app.http.port == 0 and app.http.admin_port
+        status, body = await post(app.http.admin_port, "/admin/version-mask?mask=00006000", BEARER)
+        assert status == 200, body
+        assert (await get(app.http.admin_port, "/metrics"))[0] == 404
