@@ -11,6 +11,7 @@ worker thread, so the Stratum loop never waits on disk and no thread iterates a 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
     from pool.app import PoolApp
 
 log = structlog.get_logger("pool.http")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class HttpApi:
@@ -67,6 +77,12 @@ class HttpApi:
         if self.admin_web is not None and cfg.admin.port is not None:
             self.admin_port = await self._serve(self.admin_web, cfg.admin.host, cfg.admin.port)
             log.info("admin_listening", host=cfg.admin.host, port=self.admin_port)
+        if self.admin is not None:
+            host = cfg.metrics_host if self.admin_web is None else cfg.admin.host
+            if not _loopback(host):
+                # The bearer token crosses the network in clear HTTP: fine behind a VPN or in a container whose
+                # port is published on loopback only, a risk anywhere else.
+                log.warning("admin_api_not_on_loopback", host=host, port=self.admin_port)
         return self.port
 
     async def _serve(self, application: web.Application, host: str, port: int) -> int:
