@@ -2,10 +2,17 @@
 # Pool image: builds the wheel (with the C share-check extension) in a builder stage, runs as a non-root user.
 #
 #   docker build -t pool .
-#   docker run -v /srv/pool/pool.toml:/etc/pool/pool.toml:ro -v pool-data:/var/lib/pool -p 3333:3333 -p 9100:9100 pool
+#   docker run -v /srv/pool/pool.toml:/etc/pool/pool.toml:ro -v pool-data:/var/lib/pool \
+#     -p 3333:3333 -p 127.0.0.1:9100:9100 pool
 #
 # The config must point node.rpc_url at a reachable bitcoind and, to be scraped from outside the container,
-# set metrics.host = "0.0.0.0" (the default 127.0.0.1 is only reachable inside it; the HEALTHCHECK uses that).
+# set metrics.host = "0.0.0.0" (127.0.0.1 is only reachable inside it; the HEALTHCHECK uses 127.0.0.1, which
+# 0.0.0.0 includes). Publish 9100 on the host's loopback or a private address only, never on a public one.
+# The admin API is off unless POOL_ADMIN_TOKEN (or admin.token/token_file) is set; give it its own port
+# (admin.port = 9101, admin.host = "0.0.0.0" inside the container) and publish that on loopback only:
+#     -e POOL_ADMIN_TOKEN=... -p 127.0.0.1:9101:9101
+# Stratum over TLS: stratum.tls_port (e.g. 3334, publish it like 3333) with tls_cert/tls_key mounted read-only;
+# `docker kill --signal HUP pool` reloads them after a renewal.
 
 FROM python:3.11-slim AS builder
 RUN apt-get update \

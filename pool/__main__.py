@@ -72,15 +72,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _banner(config: Config, port: int, pool_address: str, http_port: int) -> str:
+def _banner(config: Config, port: int, pool_address: str, http_port: int, tls_port: int = 0,
+            admin_port: int = 0) -> str:
     host = config.stratum.host
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     lines = [
         f"pool: Stratum listening on {host}:{port} ({config.node.network}, {config.payout.scheme})",
         f"pool: point a miner at it:  minerd -a sha256d -o stratum+tcp://{shown}:{port} -u ADDRESS.worker1 -p x",
     ]
+    if tls_port:
+        lines.append(f"pool: Stratum over TLS on {host}:{tls_port} (stratum+ssl://{shown}:{tls_port});"
+                     " SIGHUP reloads the certificate")
     if http_port:
         lines.append(f"pool: metrics and API on http://{config.metrics_host}:{http_port}/metrics  /api/pool")
+    if admin_port:
+        admin_host = config.metrics_host if config.admin.port is None else config.admin.host
+        lines.append(f"pool: admin API on http://{admin_host}:{admin_port}/admin/ (Authorization: Bearer TOKEN)")
     if config.regtest.managed:
         lines.append(f"pool: regtest payout address to use as ADDRESS, e.g. {pool_address}")
     lines.append("pool: Ctrl-C stops the pool")
@@ -94,11 +101,15 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, app.request_stop)
+    # SIGHUP: re-read the Stratum TLS certificate and key (e.g. after a renewal); new connections get them.
+    loop.add_signal_handler(signal.SIGHUP, lambda: app.server.reload_tls() if app.server is not None else None)
     try:
         await app.start()
         assert app.server is not None
         http_port = app.http.port if app.http else 0
-        print(_banner(config, app.server.port, app.pool_address, http_port), flush=True)
+        admin_port = app.http.admin_port if app.http else 0
+        print(_banner(config, app.server.port, app.pool_address, http_port, app.server.tls_port, admin_port),
+              flush=True)
         await app.run_until_stopped()
     finally:
         await app.stop()
@@ -132,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # start-up failures an operator must read, not a traceback
         from pool.node.regtest import BitcoindNotFound
         from pool.node.rpc import NodeError, NodeUnavailable
+        from pool.server.tls import TlsError  # certificate or key changed between the config check and start
 
-        if isinstance(exc, BitcoindNotFound | NodeUnavailable | NodeError | OSError | RuntimeError):
+        if isinstance(exc, BitcoindNotFound | NodeUnavailable | NodeError | OSError | RuntimeError | TlsError):
             print(f"pool: cannot start: {exc}", file=sys.stderr)
             return 1
         raise

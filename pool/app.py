@@ -102,10 +102,9 @@ class PoolApp:
         await self.submitter.resubmit_pending()
         await self.source.fetch("start")
         await self.server.start()
-        if cfg.metrics_enabled:
+        if cfg.metrics_enabled or cfg.admin.port is not None:
             self.http = HttpApi(self)
-            port = await self.http.start(cfg.metrics_host, cfg.metrics_port)
-            log.info("http_listening", host=cfg.metrics_host, port=port)
+            await self.http.start()
         self._tasks.append(asyncio.create_task(self.source.run(), name="template-source"))
         self._tasks.append(asyncio.create_task(self._age_loop(), name="template-age"))
         self._tasks.append(asyncio.create_task(self._loop_lag(), name="loop-lag"))
@@ -232,9 +231,13 @@ class PoolApp:
             "uptime_seconds": now - self.started_at,
         }
 
-    def address_summary(self, address: str) -> dict[str, object]:
-        now = time.time()
-        workers = self.coordinator.stats.for_address(address, now) if self.coordinator else []
+    def address_workers(self, address: str) -> list[dict[str, object]]:
+        """A copy of the address's live worker stats; call on the event loop, which is what changes them."""
+        return self.coordinator.stats.for_address(address, time.time()) if self.coordinator else []
+
+    def address_summary(self, address: str, workers: list[dict[str, object]]) -> dict[str, object]:
+        """The address's ledger figures around ``workers`` (from ``address_workers``); runs in a worker thread,
+        so it reads only the ledger and never the live state the event loop is changing."""
         shares = self.ledger.query(
             "SELECT worker, COUNT(*), SUM(difficulty) FROM shares WHERE address=? GROUP BY worker", (address,)
         ) if self.ledger else []

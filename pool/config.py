@@ -2,7 +2,9 @@
 
 ``pool run`` with no ``--config`` uses the embedded default: a regtest bitcoind the pool starts itself, a
 SQLite ledger under ``./data`` and Stratum on 127.0.0.1:3333. Secrets may come from the environment
-(``POOL_RPC_PASSWORD``) or bitcoind's cookie file instead of the file.
+(``POOL_RPC_PASSWORD``, ``POOL_ADMIN_TOKEN``) or files (bitcoind's cookie, ``admin.token_file``) instead of
+the config file. Files the pool needs later (TLS certificate and key) are checked here, so ``pool check-config``
+catches them too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
 from pool.server.guard import GuardConfig
+from pool.server.tls import TlsError, load_tls_context
 
 
 class ConfigError(Exception):
@@ -51,6 +54,9 @@ class StratumConfig:
     max_pending_output_bytes: int = 1 << 20  # per connection: replies queued and not yet sent; beyond: dropped
     guard: GuardConfig = GuardConfig()  # rate limits, invalid-share escalation, bans
     session_resume_seconds: float = 600.0
+    tls_port: int | None = None  # None: no TLS listener; 0: any free port
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,24 @@ class RegtestConfig:
     zmq_port: int = 0
 
 
+BIP320_MASK = 0x1FFFE000  # the version bits BIP 320 leaves for general purpose (version rolling)
+MIN_TOKEN_LENGTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The operator API (/admin/*): off without a token; on the metrics listener unless ``port`` is set."""
+
+    token: str = field(default="", repr=False)
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: served on the metrics listener; set: only on a listener of its own
+    reconnect_allowlist: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = NodeConfig()
@@ -94,6 +118,7 @@ class Config:
     difficulty: DifficultyConfig = DifficultyConfig()
     payout: PayoutConfig = PayoutConfig()
     regtest: RegtestConfig = RegtestConfig()
+    admin: AdminConfig = AdminConfig()
     data_dir: str = "data"
     ledger_path: str = ""
     metrics_enabled: bool = True
@@ -151,6 +176,17 @@ class _Reader:
             raise ConfigError(f"{self._name(key)} must be between {lo} and {hi}, got {value}")
         return value
 
+    def optional_integer(self, key: str, lo: int, hi: int) -> int | None:
+        if key not in self._t:
+            return None
+        return self.integer(key, 0, lo, hi)
+
+    def string_list(self, key: str) -> tuple[str, ...]:
+        values = self._get(key, [], (list,), "a list of strings")
+        if not all(isinstance(v, str) and v.strip() for v in values):
+            raise ConfigError(f"{self._name(key)} must be a list of non-empty strings, got {values!r}")
+        return tuple(values)
+
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.string(key, default).lower()
         if value not in choices:
@@ -197,6 +233,11 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"stratum.version_mask must be 8 hex digits, got {mask_text!r}") from exc
     if not 0 <= mask <= 0xFFFFFFFF:
         raise ConfigError(f"stratum.version_mask must be 8 hex digits, got {mask_text!r}")
+    if mask & ~BIP320_MASK:
+        raise ConfigError(
+            f"stratum.version_mask must be the BIP 320 general-purpose bits {BIP320_MASK:08x} or a subset of them,"
+            f" got {mask:08x} (bits {mask & ~BIP320_MASK:08x} are outside)"
+        )
     stratum = StratumConfig(
         host=s.string("host", "0.0.0.0"),
         port=s.integer("port", 3333, 0, 65535),
@@ -222,10 +263,14 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
             ban_seconds=s.number("ban_seconds", 600.0, 0, 86400 * 30),
         ),
         session_resume_seconds=s.number("session_resume_seconds", 600.0, 0, 86400),
+        tls_port=s.optional_integer("tls_port", 0, 65535),
+        tls_cert=s.string("tls_cert", ""),
+        tls_key=s.string("tls_key", ""),
     )
     s.done()
     if len(stratum.pool_tag.encode()) > 60:
         raise ConfigError("stratum.pool_tag must be at most 60 bytes")
+    _check_tls(stratum)
 
     d = _section(raw, "difficulty")
     difficulty = DifficultyConfig(
@@ -273,6 +318,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     elif payout.scheme != "solo" and not regtest.managed:
         raise ConfigError(f"payout.pool_address is required for scheme {payout.scheme!r}")
 
+    admin = _admin(_section(raw, "admin"), env)
+
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
     metrics_table = _Reader(top._get("metrics", {}, (dict,), "a table"), "metrics")
@@ -283,6 +330,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         difficulty=difficulty,
         payout=payout,
         regtest=regtest,
+        admin=admin,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
         metrics_enabled=metrics_table.boolean("enabled", True),
@@ -294,7 +342,60 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     )
     for reader in (top, ledger_table, metrics_table, log_table):
         reader.done()
+    if admin.enabled and admin.port is None and not config.metrics_enabled:
+        raise ConfigError("an admin token is set but metrics.enabled = false and admin.port is not set:"
+                          " set admin.port to serve the admin API on a listener of its own")
     return config
+
+
+def _check_tls(stratum: StratumConfig) -> None:
+    if stratum.tls_port is None:
+        if stratum.tls_cert or stratum.tls_key:
+            raise ConfigError("stratum.tls_cert/tls_key are set but stratum.tls_port is not: set the TLS port")
+        return
+    if not stratum.tls_cert:
+        raise ConfigError("stratum.tls_port is set: stratum.tls_cert (PEM certificate chain) is required")
+    if not stratum.tls_key:
+        raise ConfigError("stratum.tls_port is set: stratum.tls_key (PEM private key) is required")
+    if stratum.tls_port != 0 and stratum.tls_port == stratum.port:
+        raise ConfigError(f"stratum.tls_port must differ from stratum.port ({stratum.port})")
+    try:
+        load_tls_context(stratum.tls_cert, stratum.tls_key)
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
+    token = a.string("token", "")
+    token_file = a.string("token_file", "")
+    source = "admin.token"
+    if token and token_file:
+        raise ConfigError("admin.token and admin.token_file are both set: keep one")
+    if token_file:
+        source = "admin.token_file"
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"admin.token_file: cannot read {token_file!r}: {exc}") from exc
+        if not token:
+            raise ConfigError(f"admin.token_file: {token_file!r} is empty")
+    elif not token and env.get("POOL_ADMIN_TOKEN"):
+        source, token = "POOL_ADMIN_TOKEN", env["POOL_ADMIN_TOKEN"].strip()
+    if token and (len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token)):
+        raise ConfigError(f"{source} must be at least {MIN_TOKEN_LENGTH} characters without spaces"
+                          " (e.g. from: openssl rand -hex 32)")
+    admin = AdminConfig(
+        token=token,
+        host=a.string("host", "127.0.0.1"),
+        port=a.optional_integer("port", 0, 65535),
+        reconnect_allowlist=tuple(h.strip().rstrip(".").lower() for h in a.string_list("reconnect_allowlist")),
+    )
+    a.done()
+    if admin.port is not None and not admin.enabled:
+        raise ConfigError("admin.port is set but no admin token is configured"
+                          " (admin.token, admin.token_file or POOL_ADMIN_TOKEN)")
+    return admin
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

@@ -1,20 +1,39 @@
-"""HTTP endpoints beside the pool (aiohttp): /metrics, /healthz, /readyz and the JSON stats API.
+"""HTTP endpoints beside the pool (aiohttp): /metrics, /healthz, /readyz, the JSON stats API and the admin API.
 
 Same process and port as the metrics, bound to 127.0.0.1 by default: it serves operators and their
-Prometheus, not the public. Reads of the ledger run in a worker thread so the Stratum loop never waits on disk.
+Prometheus, not the public. The admin routes (pool/ops/admin.py) exist only with an admin token, and with
+``admin.port`` they move to a listener of their own so /metrics can be exposed without exposing control.
+
+Live state (worker stats, sessions) is read on the event loop that changes it; only ledger queries run in a
+worker thread, so the Stratum loop never waits on disk and no thread iterates a dict the loop is mutating.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pool.ops.admin import AdminApi
+
 if TYPE_CHECKING:
     from pool.app import PoolApp
+
+log = structlog.get_logger("pool.http")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class HttpApi:
@@ -22,6 +41,8 @@ class HttpApi:
 
     def __init__(self, app: PoolApp) -> None:
         self.pool = app
+        admin_config = app.config.admin
+        self.admin = AdminApi(app) if admin_config.enabled else None
         self.web = web.Application()
         self.web.add_routes(
             [
@@ -31,26 +52,53 @@ class HttpApi:
                 web.get("/api/pool", self.api_pool),
                 web.get("/api/address/{address}", self.api_address),
                 web.get("/api/blocks", self.api_blocks),
-                web.post("/admin/reconnect", self.admin_reconnect),
-                web.post("/admin/version-mask", self.admin_version_mask),
             ]
         )
-        self._runner: web.AppRunner | None = None
+        self.admin_web: web.Application | None = None
+        if self.admin is not None:
+            if admin_config.port is None:
+                self.web.add_routes(self.admin.routes())
+            else:
+                self.admin_web = web.Application()
+                self.admin_web.add_routes(self.admin.routes())
+        self._runners: list[web.AppRunner] = []
         self.port = 0
+        self.admin_port = 0
 
-    async def start(self, host: str, port: int) -> int:
-        self._runner = web.AppRunner(self.web, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+    async def start(self) -> int:
+        """Start the metrics listener (if metrics are enabled) and the admin listener (if it has its own)."""
+        cfg = self.pool.config
+        if cfg.metrics_enabled:
+            self.port = await self._serve(self.web, cfg.metrics_host, cfg.metrics_port)
+            log.info("http_listening", host=cfg.metrics_host, port=self.port,
+                     admin=self.admin is not None and self.admin_web is None)
+            if self.admin_web is None and self.admin is not None:
+                self.admin_port = self.port
+        if self.admin_web is not None and cfg.admin.port is not None:
+            self.admin_port = await self._serve(self.admin_web, cfg.admin.host, cfg.admin.port)
+            log.info("admin_listening", host=cfg.admin.host, port=self.admin_port)
+        if self.admin is not None:
+            host = cfg.metrics_host if self.admin_web is None else cfg.admin.host
+            if not _loopback(host):
+                # The bearer token crosses the network in clear HTTP: fine behind a VPN or in a container whose
+                # port is published on loopback only, a risk anywhere else.
+                log.warning("admin_api_not_on_loopback", host=host, port=self.admin_port)
+        return self.port
+
+    async def _serve(self, application: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(application, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else port
-        return self.port
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
 
     async def metrics(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
@@ -74,35 +122,10 @@ class HttpApi:
         address = request.match_info["address"]
         if len(address) > 100:
             return web.json_response({"error": "address too long"}, status=400)
+        workers = self.pool.address_workers(address)  # live stats: read here, on the loop that changes them
         loop = asyncio.get_running_loop()
-        body: dict[str, Any] = await loop.run_in_executor(None, self.pool.address_summary, address)
+        body: dict[str, Any] = await loop.run_in_executor(None, self.pool.address_summary, address, workers)
         return web.json_response(body, status=200 if body.get("known") else 404)
-
-    async def admin_reconnect(self, request: web.Request) -> web.Response:
-        """Drain this host: every miner gets ``client.reconnect`` to ``host:port`` (after ``wait`` seconds)."""
-        try:
-            host = request.query["host"]
-            port = int(request.query["port"])
-            wait = int(request.query.get("wait", "0"))
-        except (KeyError, ValueError):
-            return web.json_response({"error": "need host, port and optional wait (integers)"}, status=400)
-        if not 0 < port < 65536 or not host or len(host) > 255:
-            return web.json_response({"error": "bad host or port"}, status=400)
-        server = self.pool.server
-        count = server.reconnect_all(host, port, wait) if server else 0
-        return web.json_response({"sent": count})
-
-    async def admin_version_mask(self, request: web.Request) -> web.Response:
-        """Change the version-rolling mask at run time; rolling miners get ``mining.set_version_mask``."""
-        try:
-            mask = int(request.query["mask"], 16)
-        except (KeyError, ValueError):
-            return web.json_response({"error": "need mask=HEX"}, status=400)
-        if not 0 <= mask <= 0xFFFFFFFF:
-            return web.json_response({"error": "mask must be 32 bits"}, status=400)
-        server = self.pool.server
-        count = server.set_version_mask(mask) if server else 0
-        return web.json_response({"sent": count, "mask": f"{mask:08x}"})
 
     async def api_blocks(self, request: web.Request) -> web.Response:
         try:

@@ -111,6 +111,20 @@ class Metrics:
         self.ledger_commit_seconds = Histogram(
             "pool_ledger_commit_seconds", "Ledger group-commit latency", registry=r
         )
+        self.admin_auth_failures = Counter(
+            "pool_admin_auth_failures_total",
+            "Refused admin API requests by reason: missing, malformed, wrong (bearer token), query-token"
+            " (token in the URL), cross-origin (a browser request from another site)",
+            ["reason"],
+            registry=r,
+        )
+        self.admin_actions = Counter(
+            "pool_admin_actions_total", "Authenticated admin API requests by action and outcome (ok, refused)",
+            ["action", "outcome"], registry=r,
+        )
+        self.tls_reloads = Counter(
+            "pool_tls_reloads_total", "Stratum TLS certificate reloads (SIGHUP) by result", ["result"], registry=r
+        )
 
     def observe_rpc(self, method: str, seconds: float, error: str | None) -> None:
         """NodeClient observer hook."""

@@ -27,6 +27,7 @@ from pool.mining.workers import Worker, parse_worker
 from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
+from pool.server.tls import TlsListener
 from pool.stratum.events import (
     Authorized,
     AuthorizeFailed,
@@ -138,16 +139,25 @@ class StratumServer:
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self.tls: TlsListener | None = None  # Stratum over TLS, beside the plain listener
         self.port = 0
+        self.tls_port = 0
 
     async def start(self) -> int:
         sc = self.config.stratum
         self._server = await asyncio.start_server(self._handle, sc.host, sc.port, limit=sc.max_line_bytes * 2,
                                                   backlog=1024)
         self.port = int(self._server.sockets[0].getsockname()[1])
+        if sc.tls_port is not None:
+            self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
+            self.tls_port = await self.tls.start(self._handle, sc.host, sc.tls_port, sc.max_line_bytes * 2)
         self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stratum-housekeeping")
-        log.info("stratum_listening", host=sc.host, port=self.port)
+        log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: re-read the TLS certificate and key for new connections (see TlsListener.reload)."""
+        return self.tls.reload() if self.tls is not None else False
 
     async def close(self) -> None:
         if self._housekeeping is not None:
@@ -156,11 +166,15 @@ class StratumServer:
                 await self._housekeeping
         if self._server is not None:
             self._server.close()
+        if self.tls is not None:
+            self.tls.close()
         for session in list(self.sessions.values()):
             session.writer.transport.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self.tls is not None:
+            await self.tls.wait_closed()
 
     # ---- work broadcast ------------------------------------------------------------------------------------
 

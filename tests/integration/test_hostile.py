@@ -967,4 +967,50 @@ async def test_flood_nobody_reads_is_dropped_within_the_budget(regtest, tmp_path
             del reader
         assert sent * len(line) < 16 * 1024 * 1024
         assert rss.growth_kb() < RSS_GROWTH_LIMIT_KB
+
+
+# ---- the admin API -----------------------------------------------------------------------------------------
+
+ADMIN_TOKEN = "hostile-test-admin-token-0123456789"
+
+
+async def test_admin_requests_without_wrong_and_right_token(regtest, tmp_path: Path):
+    """Unauthenticated and wrongly authenticated admin requests change nothing and reach no miner; the right
+    token works; the honest miner mines on throughout."""
+    import aiohttp
+
+    admin = {"token": ADMIN_TOKEN, "reconnect_allowlist": ["pool2.example.com"]}
+    async with arena_on(regtest, tmp_path / "admin", admin=admin) as arena:
+        base = f"http://127.0.0.1:{arena.app.http.port}"
+        hijack = "/admin/reconnect?host=attacker.example&port=3333"
+        mask = "/admin/version-mask?mask=00006000"
+        attempts: list[tuple[str, dict[str, str]]] = [
+            (hijack, {}),
+            (hijack, {"Authorization": "Bearer not-the-token-not-the-token"}),
+            (hijack + f"&token={ADMIN_TOKEN}", {}),
+            (hijack, {"Authorization": f"Bearer {ADMIN_TOKEN}", "Origin": "https://attacker.example"}),
+            (mask, {}),
+            (mask, {"Authorization": "Bearer not-the-token-not-the-token"}),
+        ]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            for path, headers in attempts * 20:
+                async with http.post(base + path, headers=headers) as resp:
+                    assert resp.status in (401, 403), (path, headers, resp.status)
+            assert arena.app.server._proto_config.pool_version_mask == 0x1FFFE000
+            await arena.honest.progress(2)
+            assert not [n for n in arena.honest.miner.notifications if n.get("method") == "client.reconnect"]
+            # The right token: the allowlist still refuses the attacker's host, the mask change goes through.
+            right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with http.post(base + hijack, headers=right) as resp:
+                assert resp.status == 403
+            async with http.post(base + mask, headers=right) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["mask"] == "00006000"
+        assert arena.app.server._proto_config.pool_version_mask == 0x00006000
+        assert not [n for n in arena.honest.miner.notifications if n.get("method") == "client.reconnect"]
+        failures = sum(
+            arena.metric("pool_admin_auth_failures_total", {"reason": r})
+            for r in ("missing", "wrong", "malformed", "query-token", "cross-origin")
+        )
+        assert failures == len(attempts) * 20
         await arena.finish()
