@@ -254,7 +254,9 @@ async def test_address_api_while_stats_change(regtest, tmp_path: Path):
                     stats.accepted(address, f"w{i % 5000}", 1.0, float(i))
                     if i % 7 == 0:
                         stats.workers.pop(next(iter(stats.workers)), None)
-                await asyncio.sleep(0)
+                # A short pause, not sleep(0): a loop that never idles starves the reader thread of the GIL on a
+                # busy 2-core machine, and the test would time out instead of catching the race.
+                await asyncio.sleep(0.002)
 
         task = asyncio.create_task(churn())
         try:
