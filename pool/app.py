@@ -243,9 +243,8 @@ class PoolApp:
     def address_summary(self, address: str) -> dict[str, object]:
         now = time.time()
         workers = self.coordinator.stats.for_address(address, now) if self.coordinator else []
-        shares = self.ledger.query(
-            "SELECT worker, COUNT(*), SUM(difficulty) FROM shares WHERE address=? GROUP BY worker", (address,)
-        ) if self.ledger else []
+        # Rolled-up hours plus the share rows still kept: the same totals before and after a roll-up.
+        shares = [(w, c, d) for _, w, c, d, _ in self.ledger.share_totals(address)] if self.ledger else []
         credits = dict(self.ledger.query(
             "SELECT status, SUM(amount) FROM credits WHERE address=? GROUP BY status", (address,)
         )) if self.ledger else {}
