@@ -67,15 +67,16 @@ def add(a: Exact, b: Exact) -> Exact:
 def next_totals(conn: sqlite3.Connection, address: str, worker: str, difficulty: float) -> tuple[bytes, bytes]:
     """(cum, wcum) for a share about to be inserted as the newest row."""
     w = weight_of(difficulty)
-    prev = conn.execute("SELECT id, cum FROM shares ORDER BY id DESC LIMIT 1").fetchone()
-    if prev is not None and prev[1] is None:
+    # One statement for both (the hot path: every accepted share passes here).
+    row = conn.execute("SELECT (SELECT cum FROM shares ORDER BY id DESC LIMIT 1),"
+                       " (SELECT wcum FROM shares WHERE address=? AND worker=? ORDER BY id DESC LIMIT 1),"
+                       " (SELECT 1 FROM shares LIMIT 1)", (address, worker)).fetchone()
+    cum, wcum, any_row = row
+    if any_row is not None and cum is None:  # rows written without totals (by hand): fill them in first
         backfill(conn)
-        prev = conn.execute("SELECT id, cum FROM shares ORDER BY id DESC LIMIT 1").fetchone()
-    wprev = conn.execute("SELECT wcum FROM shares WHERE address=? AND worker=? ORDER BY id DESC LIMIT 1",
-                         (address, worker)).fetchone()
-    cum = add(decode(prev[1]), w) if prev else w
-    wcum = add(decode(wprev[0]), w) if wprev else w
-    return encode(cum), encode(wcum)
+        return next_totals(conn, address, worker, difficulty)
+    return (encode(add(decode(cum), w)) if cum is not None else encode(w),
+            encode(add(decode(wcum), w)) if wcum is not None else encode(w))
 
 
 def migrate(conn: sqlite3.Connection) -> None:
