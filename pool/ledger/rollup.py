@@ -8,8 +8,8 @@ deleted, oldest first, ``batch`` rows per transaction on a connection of their o
 waits for more than one short batch. PPS/FPPS credits carry their share's difficulty and the network
 difficulty (``book.insert_share``), so they need no share row.
 
-Never deleted: the shares of the current PPLNS window at the current network difficulty (the window's rows
-are found with ``window.first_in_window``) and the newest row. The audit log is untouched: no audited entry
+Never deleted: the shares of the current PPLNS window at the current network difficulty, times a margin for a
+difficulty rise (the window's rows are found with ``window.first_in_window``), and the newest row. The audit log is untouched: no audited entry
 refers to a share row.
 
 Reports read the rolled-up totals plus the remaining rows (``share_totals``); a roll-up changes none of their
@@ -27,6 +27,9 @@ from pool.ledger import window
 
 BATCH = 10_000
 KEEP_SECONDS = 86_400.0
+# Rows kept reach this many times the current window: mainnet's difficulty can rise up to 4x at one retarget,
+# and the next block's window must not reach rows already rolled up.
+WINDOW_MARGIN = 4.0
 
 
 def _first_id_from(conn: sqlite3.Connection, ts: float) -> int | None:
@@ -46,7 +49,7 @@ def _first_id_from(conn: sqlite3.Connection, ts: float) -> int | None:
 
 
 def cutoff(conn: sqlite3.Connection, scheme: str, factor: float, network_difficulty: float,
-           keep_seconds: float, now: float) -> int | None:
+           keep_seconds: float, now: float, margin: float = WINDOW_MARGIN) -> int | None:
     """Rows with id below the returned id may be rolled up; None: none may."""
     last = conn.execute("SELECT MAX(id) FROM shares").fetchone()[0]
     if last is None:
@@ -58,7 +61,8 @@ def cutoff(conn: sqlite3.Connection, scheme: str, factor: float, network_difficu
     if scheme == "pplns":
         if not network_difficulty > 0:
             return None  # the window is unknown: keep everything
-        first = window.first_in_window(conn, int(last), Fraction(factor) * Fraction(network_difficulty))
+        n = Fraction(margin) * Fraction(factor) * Fraction(network_difficulty)
+        first = window.first_in_window(conn, int(last), n)
         if first is None:
             return None
         bound = min(bound, first)
@@ -85,7 +89,7 @@ def rollup_batch(conn: sqlite3.Connection, below: int, batch: int = BATCH) -> in
 
 def prune(conn: sqlite3.Connection, scheme: str, factor: float, network_difficulty: float,
           keep_seconds: float = KEEP_SECONDS, batch: int = BATCH, max_batches: int | None = None,
-          now: float | None = None) -> int:
+          now: float | None = None, margin: float = WINDOW_MARGIN) -> int:
     """Roll up every prunable row, one ``batch`` per short transaction on ``conn`` (autocommit mode, not the
     writer's connection). The bound is recomputed inside each transaction, so shares written meanwhile and
     a window that moved are respected. Returns the number of rows rolled up."""
@@ -95,7 +99,7 @@ def prune(conn: sqlite3.Connection, scheme: str, factor: float, network_difficul
         conn.execute("BEGIN IMMEDIATE")
         try:
             below = cutoff(conn, scheme, factor, network_difficulty, keep_seconds,
-                           time.time() if now is None else now)
+                           time.time() if now is None else now, margin)
             removed = rollup_batch(conn, below, batch) if below is not None else 0
         except BaseException:
             conn.execute("ROLLBACK")

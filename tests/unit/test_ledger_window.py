@@ -127,8 +127,10 @@ def test_rollup_keeps_the_current_window_and_recent_rows():
     for i in range(100):  # one share of difficulty 1 a minute, the newest at `now`
         add_share(conn, ADDRESSES[i % 2], "w", 1.0, ts=now - (99 - i) * 60)
     # Window N = 2 × 10 = 20 shares: ids 81..100; keep 1 hour: ids 40..100. The tighter bound wins.
-    assert rollup.cutoff(conn, "pplns", 2.0, 10.0, 3600, now) == 40
-    assert rollup.cutoff(conn, "pplns", 2.0, 40.0, 3600, now) == 21  # a longer window keeps more
+    assert rollup.cutoff(conn, "pplns", 2.0, 10.0, 3600, now, margin=1) == 40
+    assert rollup.cutoff(conn, "pplns", 2.0, 40.0, 3600, now, margin=1) == 21  # a longer window keeps more
+    # By default 4 windows are kept, for a difficulty rise before the next block: 80 shares, ids 21..100.
+    assert rollup.cutoff(conn, "pplns", 2.0, 10.0, 3600, now) == 21
     assert rollup.cutoff(conn, "pplns", 2.0, 0.0, 3600, now) is None  # window unknown: keep everything
     assert rollup.cutoff(conn, "pps", 2.0, 0.0, 3600, now) == 40
     assert rollup.cutoff(conn, "solo", 2.0, 0.0, 0, now + 10**6) == 100  # the newest row always stays
@@ -136,7 +138,7 @@ def test_rollup_keeps_the_current_window_and_recent_rows():
     removed = rollup.rollup_batch(conn, 21, batch=7)
     conn.execute("COMMIT")
     assert removed == 7 and conn.execute("SELECT MIN(id) FROM shares").fetchone() == (8,)
-    assert rollup.prune(conn, "pplns", 2.0, 40.0, 3600, batch=7, now=now) == 13
+    assert rollup.prune(conn, "pplns", 2.0, 10.0, 3600, batch=7, now=now) == 13
     assert conn.execute("SELECT MIN(id), COUNT(*) FROM shares").fetchone() == (21, 80)
     rolled = conn.execute("SELECT SUM(shares), SUM(difficulty), MIN(first_id), MAX(last_id) FROM share_rollup")
     assert rolled.fetchone() == (20, 20.0, 1, 20)
@@ -157,22 +159,57 @@ async def test_reports_and_api_totals_are_the_same_after_rollup(tmp_path: Path):
         await ledger.set_block_status(h, "confirmed", 101)
         before = reports.workers(ledger.path)
         api_before = ledger.share_totals(ADDRESSES[0])
+        api_shares_before = address_shares(ledger, ADDRESSES[0])
+        assert [(s["worker"], s["count"]) for s in api_shares_before] == [
+            (w, n) for w, n in ledger.query("SELECT worker, COUNT(*) FROM shares WHERE address=? GROUP BY worker",
+                                            (ADDRESSES[0],))]
         credits_before = ledger.query("SELECT * FROM credits ORDER BY id")
 
-        removed = await asyncio.to_thread(ledger.rollup, 20.0, 50)
+        removed = await asyncio.to_thread(ledger.rollup, 5.0, 50)
         kept = ledger.query("SELECT COUNT(*), MIN(id) FROM shares")[0]
         assert removed == 601 - kept[0] and removed > 500
-        # The current window (2 × 20 of difficulty) is still there, row by row.
+        # The current window with its margin (4 × 2 × 5 of difficulty) is still there, row by row.
         assert ledger.query("SELECT SUM(difficulty) FROM shares")[0][0] >= 40.0
         assert ledger.query("SELECT COUNT(*) FROM share_rollup")[0][0] >= 5 * 3  # per worker and hour
 
         assert reports.workers(ledger.path) == before
         assert ledger.share_totals(ADDRESSES[0]) == api_before
+        assert address_shares(ledger, ADDRESSES[0]) == api_shares_before
         assert ledger.query("SELECT * FROM credits ORDER BY id") == credits_before
         ok, message = reports.audit_verify(ledger.path)
         assert ok, message
         # Rolling up again removes nothing more: every remaining row is in the window.
-        assert await asyncio.to_thread(ledger.rollup, 20.0, 50) == 0
+        assert await asyncio.to_thread(ledger.rollup, 5.0, 50) == 0
+    finally:
+        ledger.close()
+
+
+def address_shares(ledger: Ledger, address: str) -> list[dict[str, object]]:
+    """The "shares" part of /api/address, from the app's own view over this ledger."""
+    from pool.app import PoolApp
+    from pool.config import parse_config
+
+    app = PoolApp(parse_config({"node": {"network": "regtest", "rpc_url": "http://127.0.0.1:1"},
+                                "payout": {"scheme": "solo"}}))
+    app.ledger = ledger
+    return app.address_summary(address)["shares"]  # type: ignore[return-value]
+
+
+async def test_ledger_rolls_up_by_itself_off_the_writer(tmp_path: Path):
+    ledger = Ledger(tmp_path / "ledger.sqlite3", Policy("pps", 100, 2.0), rollup_interval=0.05, keep_seconds=0)
+    try:
+        for i in range(30):
+            await ledger.record_share(ShareRecord(time.time(), ADDRESSES[0], "w", 1.0, 3.0, "1", 101, f"{i:064x}",
+                                                  False, 1000.0, 50 * COIN, 0))
+        deadline = time.monotonic() + 10
+        while ledger.query("SELECT COUNT(*) FROM shares")[0][0] > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert ledger.query("SELECT COUNT(*) FROM shares") == [(1,)]
+        assert ledger.query("SELECT SUM(shares) FROM share_rollup") == [(29,)]
+        assert ledger.share_totals()[0][:4] == (ADDRESSES[0], "w", 30, 30.0)
+        # The writer goes on: the next share continues the running totals of the newest row.
+        assert await ledger.record_share(ShareRecord(time.time(), ADDRESSES[0], "w", 1.0, 3.0, "1", 101, "ff" * 32,
+                                                     False)) == 31
     finally:
         ledger.close()
 
@@ -215,6 +252,11 @@ CREATE INDEX shares_address ON shares(address, worker);
 CREATE TABLE credits (id INTEGER PRIMARY KEY, block_hash TEXT, share_id INTEGER, address TEXT NOT NULL,
     worker TEXT NOT NULL, amount INTEGER NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
     created_at REAL NOT NULL);
+CREATE TABLE blocks (block_hash TEXT PRIMARY KEY, height INTEGER NOT NULL, address TEXT NOT NULL,
+    worker TEXT NOT NULL, reward INTEGER NOT NULL, subsidy INTEGER NOT NULL DEFAULT 0,
+    network_difficulty REAL NOT NULL DEFAULT 0, scheme TEXT NOT NULL DEFAULT 'pplns', fee INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL, confirmations INTEGER NOT NULL DEFAULT 0, found_at REAL NOT NULL,
+    updated_at REAL NOT NULL, last_share_id INTEGER);
 """
 
 
@@ -232,6 +274,9 @@ async def test_ledger_from_before_running_totals_is_migrated_on_open(tmp_path: P
     conn.commit()
     want = full_scan_split(conn, 50 * COIN, 100, 2500, 300.0, 2.0)
     conn.close()
+    # The reports read an old file as it is (read-only: no roll-up table, no running totals).
+    old_report = reports.workers(path)[1]
+    assert sum(r[2] for r in old_report) == 2500
 
     # A chunk size smaller than the file: the backfill continues chunk after chunk from the rows before.
     original = window.BACKFILL_CHUNK
@@ -243,6 +288,7 @@ async def test_ledger_from_before_running_totals_is_migrated_on_open(tmp_path: P
     try:
         assert ledger.query("SELECT COUNT(*) FROM shares WHERE cum IS NULL OR wcum IS NULL") == [(0,)]
         assert ledger.query("SELECT share_difficulty FROM credits") == [(rows[6][3],)]
+        assert reports.workers(path)[1] == old_report
         payload = await ledger.record_block(BlockRecord("ab" * 32, 102, ADDRESSES[0], "", 50 * COIN, 50 * COIN,
                                                         300.0, time.time()))
         assert payload["credits"] == [[a, w, v] for (a, w), v in sorted(want.credits.items())]
