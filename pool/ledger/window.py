@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Iterator
 from fractions import Fraction
 
 from pool.ledger.accounting import Split, pplns_split_weighted
@@ -191,7 +192,7 @@ def pplns_weights(conn: sqlite3.Connection, last_id: int, window: Fraction, dire
     return sorted(weights.items()), oldest_id, newest
 
 
-def _workers(conn: sqlite3.Connection):  # type: ignore[no-untyped-def]
+def _workers(conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
     """Every distinct (address, worker) in the shares table, by hops along the (address, worker) index:
     O(workers × log shares), never a scan of the rows."""
     row = conn.execute("SELECT address, worker FROM shares ORDER BY address, worker LIMIT 1").fetchone()
