@@ -159,12 +159,14 @@ def pplns_weights(conn: sqlite3.Connection, last_id: int, window: Fraction, dire
     f_weight = min(f_full, window - (last_cum - to_fraction(decode(f_cum))))
     weights: dict[tuple[str, str], Fraction] = {}
     if last_id - first < direct_limit:
+        sums: dict[tuple[str, str], Exact] = {}
         rows = conn.execute("SELECT address, worker, difficulty FROM shares WHERE id>? AND id<=? ORDER BY id",
                             (first, last_id))
         for address, worker, difficulty in rows:
             w = weight_of(difficulty)
             if w[0]:
-                weights[(address, worker)] = weights.get((address, worker), Fraction(0)) + to_fraction(w)
+                sums[(address, worker)] = add(sums.get((address, worker), ZERO), w)
+        weights = {key: to_fraction(value) for key, value in sums.items()}
     else:
         for address, worker in _workers(conn):
             earliest = conn.execute("SELECT id, wcum, difficulty FROM shares WHERE address=? AND worker=? AND id>?"
