@@ -238,8 +238,8 @@ def main() -> int:
         print(f"ledger per day at {SHARES_PER_SECOND:,} shares/s: {day_rows:,} rows x {per_row:.0f} B ="
               f" {day_rows * per_row / 1e9:.1f} GB of share rows;"
               f" roll-up {workers:,} workers x 24 h x {per_rollup:.0f} B = {workers * 24 * per_rollup / 1e6:.1f} MB/day")
-        print("  rows are kept while inside the PPLNS window at the current network difficulty or younger than"
-              " ledger keep_seconds (1 day): the steady state holds max(window, 1 day) of rows, the rest is roll-up")
+        print("  rows are kept while inside 4x the PPLNS window at the current network difficulty or younger than"
+              " one day: the steady state holds max(4 windows, 1 day) of rows, the rest is roll-up")
     return 0
 
 
