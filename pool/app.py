@@ -238,9 +238,8 @@ class PoolApp:
     def address_summary(self, address: str, workers: list[dict[str, object]]) -> dict[str, object]:
         """The address's ledger figures around ``workers`` (from ``address_workers``); runs in a worker thread,
         so it reads only the ledger and never the live state the event loop is changing."""
-        shares = self.ledger.query(
-            "SELECT worker, COUNT(*), SUM(difficulty) FROM shares WHERE address=? GROUP BY worker", (address,)
-        ) if self.ledger else []
+        # Rolled-up hours plus the share rows still kept: the same totals before and after a roll-up.
+        shares = [(w, c, d) for _, w, c, d, _ in self.ledger.share_totals(address)] if self.ledger else []
         credits = dict(self.ledger.query(
             "SELECT status, SUM(amount) FROM credits WHERE address=? GROUP BY status", (address,)
         )) if self.ledger else {}

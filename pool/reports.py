@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.ledger.book import AuditEntry, read_audit, verify
+from pool.ledger.rollup import totals_sql as share_totals_sql
 
 Table = tuple[list[str], list[tuple[Any, ...]]]
 
@@ -26,15 +27,16 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def workers(path: Path) -> Table:
+    """Per worker: shares and difficulty (rolled-up hours plus the rows still kept), blocks and credits."""
     with closing(_connect(path)) as conn:
         rows = conn.execute(
-            "SELECT s.address, s.worker, COUNT(*), SUM(s.difficulty), datetime(MAX(s.ts), 'unixepoch'),"
+            "SELECT s.address, s.worker, s.shares, s.difficulty, datetime(s.last_ts, 'unixepoch'),"
             " (SELECT COUNT(*) FROM blocks b WHERE b.address = s.address AND b.worker = s.worker),"
             " COALESCE((SELECT SUM(amount) FROM credits c WHERE c.address = s.address AND c.worker = s.worker"
             "   AND c.status IN ('payable', 'onchain')), 0),"
             " COALESCE((SELECT SUM(amount) FROM credits c WHERE c.address = s.address AND c.worker = s.worker"
             "   AND c.status = 'pending'), 0)"
-            " FROM shares s GROUP BY s.address, s.worker ORDER BY s.address, s.worker"
+            f" FROM ({share_totals_sql(conn)}) s ORDER BY s.address, s.worker"
         ).fetchall()
     return ["address", "worker", "shares", "difficulty", "last_share", "blocks", "credited_sats", "pending_sats"], rows
 

@@ -91,14 +91,24 @@ def pplns_split(
     """PPLNS: the reward (minus fee) over the last N = factor × network difficulty of shares."""
     window = Fraction(factor) * Fraction(network_difficulty)
     taken = pplns_window(shares_newest_first, window)
-    fee, credits = split_reward(reward, fee_bp, [((s.address, s.worker), w) for s, w in taken])
+    return pplns_split_weighted(
+        reward, fee_bp, [((s.address, s.worker), w) for s, w in taken],
+        taken[-1][0].share_id if taken else None, taken[0][0].share_id if taken else None,
+    )
+
+
+def pplns_split_weighted(reward: int, fee_bp: int, weights: Sequence[tuple[tuple[str, str], Fraction]],
+                         first_share_id: int | None, last_share_id: int | None) -> Split:
+    """PPLNS from the window's weights already summed (per share or per worker: the split is the same), as the
+    ledger computes them from running totals without reading every share."""
+    fee, credits = split_reward(reward, fee_bp, weights)
     split = Split(
         reward=reward,
         fee=fee,
         credits=credits,
-        window_difficulty=sum((w for _, w in taken), Fraction(0)),
-        first_share_id=taken[-1][0].share_id if taken else None,
-        last_share_id=taken[0][0].share_id if taken else None,
+        window_difficulty=sum((w for _, w in weights), Fraction(0)),
+        first_share_id=first_share_id,
+        last_share_id=last_share_id,
     )
     split.check()
     return split

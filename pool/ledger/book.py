@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from pool.ledger.accounting import Split, WindowShare, pplns_split, pps_value, solo_split
+from pool.ledger import window
+from pool.ledger.accounting import Split, pps_value, solo_split
 
 GENESIS = "0" * 64
 
@@ -86,9 +88,22 @@ CREATE TABLE IF NOT EXISTS shares (
     job_id TEXT NOT NULL,
     height INTEGER NOT NULL,
     block_hash TEXT NOT NULL,
-    is_block INTEGER NOT NULL DEFAULT 0
+    is_block INTEGER NOT NULL DEFAULT 0,
+    cum BLOB,
+    wcum BLOB
 );
 CREATE INDEX IF NOT EXISTS shares_address ON shares(address, worker);
+CREATE TABLE IF NOT EXISTS share_rollup (
+    address TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    shares INTEGER NOT NULL,
+    difficulty REAL NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    last_ts REAL NOT NULL,
+    PRIMARY KEY (address, worker, hour)
+);
 CREATE TABLE IF NOT EXISTS blocks (
     block_hash TEXT PRIMARY KEY,
     height INTEGER NOT NULL,
@@ -114,7 +129,9 @@ CREATE TABLE IF NOT EXISTS credits (
     amount INTEGER NOT NULL,
     kind TEXT NOT NULL,
     status TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    share_difficulty REAL,
+    network_difficulty REAL
 );
 CREATE INDEX IF NOT EXISTS credits_block ON credits(block_hash);
 CREATE INDEX IF NOT EXISTS credits_address ON credits(address, status);
@@ -174,13 +191,29 @@ def audit(conn: sqlite3.Connection, kind: str, payload: dict[str, Any]) -> str:
     return digest
 
 
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a ledger file written by an older version up to this schema (run once at open, idempotent)."""
+    window.migrate(conn)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(credits)")}
+    if "share_difficulty" not in columns:
+        conn.execute("ALTER TABLE credits ADD COLUMN share_difficulty REAL")
+        conn.execute("ALTER TABLE credits ADD COLUMN network_difficulty REAL")
+        conn.execute("UPDATE credits SET share_difficulty = (SELECT difficulty FROM shares WHERE id = share_id)"
+                     " WHERE share_id IS NOT NULL")
+
+
 def insert_share(conn: sqlite3.Connection, policy: Policy, s: Any, network_difficulty: float, subsidy: int,
                  expected_fees: int) -> int:
+    """One accepted share; under PPS/FPPS also its credit, which carries the share's and the network's
+    difficulty so it stays auditable after the share row is rolled up."""
+    if not (isinstance(s.difficulty, (int, float)) and math.isfinite(s.difficulty) and s.difficulty > 0):
+        raise ValueError(f"share difficulty must be a positive number, not {s.difficulty!r}")
+    cum, wcum = window.next_totals(conn, s.address, s.worker, s.difficulty)
     cur = conn.execute(
         "INSERT INTO shares (ts, address, worker, difficulty, share_difficulty, job_id, height, block_hash,"
-        " is_block) VALUES (?,?,?,?,?,?,?,?,?)",
+        " is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (s.ts, s.address, s.worker, s.difficulty, s.share_difficulty, s.job_id, s.height, s.block_hash,
-         int(s.is_block)),
+         int(s.is_block), cum, wcum),
     )
     share_id = int(cur.lastrowid or 0)
     if policy.scheme in ("pps", "fpps") and network_difficulty > 0:
@@ -188,9 +221,10 @@ def insert_share(conn: sqlite3.Connection, policy: Policy, s: Any, network_diffi
         amount = pps_value(s.difficulty, network_difficulty, subsidy, policy.fee_bp, fees)
         if amount > 0:
             conn.execute(
-                "INSERT INTO credits (block_hash, share_id, address, worker, amount, kind, status, created_at)"
-                " VALUES (NULL,?,?,?,?,?,?,?)",
-                (share_id, s.address, s.worker, amount, policy.scheme, "payable", s.ts),
+                "INSERT INTO credits (block_hash, share_id, address, worker, amount, kind, status, created_at,"
+                " share_difficulty, network_difficulty) VALUES (NULL,?,?,?,?,?,?,?,?,?)",
+                (share_id, s.address, s.worker, amount, policy.scheme, "payable", s.ts, s.difficulty,
+                 network_difficulty),
             )
     return share_id
 
@@ -201,12 +235,9 @@ def insert_block(conn: sqlite3.Connection, policy: Policy, b: Any) -> dict[str, 
         return {"duplicate": True}
     last_share = conn.execute("SELECT MAX(id) FROM shares").fetchone()[0]
     if policy.scheme == "pplns":
-        rows = conn.execute(
-            "SELECT id, address, worker, difficulty FROM shares WHERE id <= ? ORDER BY id DESC",
-            (last_share or 0,),
-        )
-        split = pplns_split(b.reward, policy.fee_bp, (WindowShare(*r) for r in rows), b.network_difficulty,
-                            policy.pplns_factor)
+        # From the running totals: bounded by the window (and the number of workers), not by the history.
+        split = window.pplns_split_from_totals(conn, b.reward, policy.fee_bp, last_share, b.network_difficulty,
+                                               policy.pplns_factor)
     elif policy.scheme == "solo":
         split = solo_split(b.reward, policy.fee_bp, (b.address, b.worker), getattr(b, "fee", None))
     else:  # PPS/FPPS: shares were paid as they came; the whole block belongs to the pool

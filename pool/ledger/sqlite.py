@@ -6,6 +6,9 @@ one commit, so the cost is one fsync per batch, and a ``kill -9`` can never lose
 ``true`` to. Batches form by themselves: while one commit's fsync runs, the next shares queue up and go
 into the next commit together, so the writer never waits on purpose (``max_wait`` 0) and a lone share is
 committed at once. All accounting goes through ``book.py``; this module is only the transport.
+
+Share rows past every window are rolled up (``rollup.py``) by a maintenance thread of the ledger's own, on its
+own connection, in short batches between the writer's commits, never inside one.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pool.ledger import book
+import structlog
+
+from pool.ledger import book, rollup
 from pool.ledger.book import AuditEntry
 
 Op = Callable[[sqlite3.Connection], Any]
+log = structlog.get_logger("pool.ledger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +65,8 @@ class Ledger:
     """SQLite ledger with a single writer thread doing group commits."""
 
     def __init__(self, path: Path, policy: book.Policy | None = None, max_batch: int = 2000,
-                 max_wait: float = 0.0) -> None:
+                 max_wait: float = 0.0, rollup_interval: float = 600.0,
+                 keep_seconds: float = rollup.KEEP_SECONDS) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.policy = policy or book.Policy()
@@ -69,12 +76,24 @@ class Ledger:
         self._max_batch = max_batch
         self._max_wait = max_wait
         conn = self._connect()
-        conn.executescript(book.SCHEMA)
-        conn.close()
+        try:
+            conn.executescript(book.SCHEMA)
+            book.migrate(conn)
+        finally:
+            conn.close()
         self._stopped = False
         self.on_commit: Callable[[int, float], None] | None = None
+        # The network difficulty of the newest share recorded: the current PPLNS window for the roll-up.
+        self.network_difficulty = 0.0
+        self.keep_seconds = keep_seconds
+        self._rollup_interval = rollup_interval
+        self._stop_rollup = threading.Event()
         self._thread = threading.Thread(target=self._writer, name="ledger-writer", daemon=True)
         self._thread.start()
+        self._rollup_thread: threading.Thread | None = None
+        if rollup_interval > 0:
+            self._rollup_thread = threading.Thread(target=self._rollup_loop, name="ledger-rollup", daemon=True)
+            self._rollup_thread.start()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
@@ -86,6 +105,8 @@ class Ledger:
 
     def record_share(self, s: ShareRecord) -> asyncio.Future[Any]:
         policy = self.policy
+        if s.network_difficulty > 0:
+            self.network_difficulty = s.network_difficulty
         return self.submit(lambda c: book.insert_share(c, policy, s, s.network_difficulty, s.subsidy,
                                                        s.expected_fees))
 
@@ -170,7 +191,39 @@ class Ledger:
             results = [(None, exc) for _ in batch]
         return results
 
+    # ---- roll-up of old share rows ------------------------------------------------------------------------
+
+    def rollup(self, network_difficulty: float | None = None, batch: int = rollup.BATCH,
+               max_batches: int | None = None, now: float | None = None) -> int:
+        """Roll up and delete the share rows no window needs any more, ``batch`` rows per short transaction on
+        a connection of its own (call from a thread, not the event loop). Returns the rows removed."""
+        nd = self.network_difficulty if network_difficulty is None else network_difficulty
+        conn = self._connect()
+        try:
+            return rollup.prune(conn, self.policy.scheme, self.policy.pplns_factor, nd, self.keep_seconds, batch,
+                                max_batches, now)
+        finally:
+            conn.close()
+
+    def _rollup_loop(self) -> None:
+        while not self._stop_rollup.wait(self._rollup_interval):
+            try:
+                removed = self.rollup()
+            except Exception as exc:  # retried next interval; the rows stay until then
+                log.error("share_rollup_failed", error=str(exc))
+                continue
+            if removed:
+                log.info("shares_rolled_up", rows=removed)
+
     # ---- reads (small, synchronous; CLI, API and tests) ------------------------------------------------------
+
+    def share_totals(self, address: str | None = None) -> list[tuple[Any, ...]]:
+        """Shares and difficulty per worker over rolled-up totals and remaining rows (reports, API)."""
+        conn = self._connect()
+        try:
+            return rollup.share_totals(conn, address)
+        finally:
+            conn.close()
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         conn = self._connect()
@@ -189,6 +242,9 @@ class Ledger:
     def close(self) -> None:
         if not self._stopped:
             self._stopped = True
+            self._stop_rollup.set()
+            if self._rollup_thread is not None:
+                self._rollup_thread.join(timeout=30)
             self._queue.put((None, None, None))
             self._thread.join(timeout=30)
 

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,13 @@ from pool.app import PoolApp
 from pool.ledger import book
 from tests.conftest import pool_config
 from tests.support.chain import arpc, connect_miner
-from tests.support.payout_check import btc_to_sats, credits_by_address, mine_share, recompute_pplns
+from tests.support.payout_check import (
+    btc_to_sats,
+    chain_reward_and_difficulty,
+    credits_by_address,
+    mine_share,
+    recompute_pplns,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -224,6 +231,61 @@ async def test_orphaned_block_credits_void_then_back(regtest, tmp_path: Path):
         kinds = [(e.kind, json.loads(e.payload).get("to")) for e in app.ledger.audit_entries()]
         assert kinds == [("block_found", None), ("block_status", "orphaned"), ("block_status", "pending"),
                          ("block_status", "confirmed"), ("block_status", "orphaned"), ("block_status", "confirmed")]
+        res = audit_verify_cli(app.ledger.path)
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        for m in miners:
+            await m.close()
+        await app.stop()
+
+
+async def test_block_reward_and_window_difficulty_match_the_chain(regtest, tmp_path: Path):
+    """With fee-paying transactions in the mempool, the ledger records the coinbase's full value (subsidy +
+    fees) as bitcoind has it, and the PPLNS window uses the network difficulty of the block's own bits: the
+    credits recomputed from bitcoind's numbers equal the ledger's. (Recording the subsidy alone, or another
+    difficulty, passed every test while the mempool was empty and the check trusted the ledger.)"""
+    ensure_wallet(regtest, "miners")
+    funding = await arpc(regtest, "getnewaddress", wallet="pool")
+    await arpc(regtest, "generatetoaddress", 101, funding)  # spendable coins for the fee-paying transactions
+    for _ in range(6):
+        await arpc(regtest, "sendtoaddress", await arpc(regtest, "getnewaddress", wallet="miners"), 0.5,
+                   wallet="pool")
+    mempool = await arpc(regtest, "getrawmempool", True)
+    assert len(mempool) >= 6
+    a = await arpc(regtest, "getnewaddress", wallet="miners")
+    b = await arpc(regtest, "getnewaddress", wallet="miners")
+    share_diff = 1e-10  # window 2 × ~4.66e-10: about 9.3 of these shares, so its edge cuts a share
+    overrides = payout_overrides()
+    overrides["difficulty"] = {"start": share_diff, "min": 1e-12, "max": 1e6}
+    app = PoolApp(pool_config(regtest, tmp_path / "pool", **overrides))
+    await app.start()
+    miners = []
+    try:
+        assert app.coordinator.prepared.template.total_fees > 0  # the work carries the mempool
+        ma = await connect_miner(app.server.port, f"{a}.wa", f"d={share_diff}")
+        miners.append(ma)
+        mb = await connect_miner(app.server.port, f"{b}.wb", f"d={share_diff}")
+        miners.append(mb)
+        for i in range(14):
+            await mine_share(ma if i % 3 else mb, regtest)
+        h = await mine_share(ma, regtest, block=True)
+
+        coinbase_value, fees, difficulty = await chain_reward_and_difficulty(regtest, h)
+        assert fees > 0 and await arpc(regtest, "getrawmempool") == []
+        reward, subsidy, ledger_difficulty = app.ledger.query(
+            "SELECT reward, subsidy, network_difficulty FROM blocks WHERE block_hash=?", (h,))[0]
+        assert reward == coinbase_value, (reward, coinbase_value, fees)
+        assert subsidy == coinbase_value - fees
+        assert ledger_difficulty == difficulty
+
+        fee, credits = recompute_pplns(app.ledger.path, FEE_BP, FACTOR, chain={h: (coinbase_value, difficulty)})[h]
+        got = app.ledger.query("SELECT address, worker, amount FROM credits WHERE block_hash=?", (h,))
+        assert {(ad, w): v for ad, w, v in got} == credits
+        assert app.ledger.query("SELECT fee FROM blocks WHERE block_hash=?", (h,)) == [(fee,)]
+        # 15 shares of 1e-10 are more than the window: it is full, N = factor × bitcoind's difficulty exactly.
+        found = json.loads(app.ledger.audit_entries()[-1].payload)
+        assert found["window_difficulty"] == str(Fraction(FACTOR) * Fraction(difficulty))
+        assert found["first_share_id"] > 1
         res = audit_verify_cli(app.ledger.path)
         assert res.returncode == 0, res.stdout + res.stderr
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.chain import (
+    DIFF1,
     arpc,
     bits_target,
     display_hash,
@@ -28,8 +29,12 @@ from tests.support.chain import (
 from tests.support.miner import NotifyJob, TestMiner
 
 
-def recompute_pplns(path: Path, fee_bp: int, factor: float) -> dict[str, tuple[int, dict[tuple[str, str], int]]]:
-    """{block_hash: (fee, {(address, worker): credit})} for every PPLNS block in the ledger."""
+def recompute_pplns(path: Path, fee_bp: int, factor: float,
+                    chain: dict[str, tuple[int, float]] | None = None) -> dict[str, tuple[int, dict[tuple[str, str], int]]]:
+    """{block_hash: (fee, {(address, worker): credit})} for every PPLNS block in the ledger.
+
+    ``chain`` ({block_hash: (reward, network difficulty)} as read from bitcoind) replaces the ledger's own
+    reward and network difficulty, so a wrong value recorded by the pool cannot cancel out."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         shares = conn.execute("SELECT id, address, worker, difficulty, block_hash FROM shares ORDER BY id").fetchall()
@@ -37,6 +42,8 @@ def recompute_pplns(path: Path, fee_bp: int, factor: float) -> dict[str, tuple[i
             "SELECT block_hash, reward, network_difficulty FROM blocks WHERE scheme='pplns'").fetchall()
     finally:
         conn.close()
+    if chain is not None:
+        blocks = [(h, *chain[h]) for h, _, _ in blocks if h in chain]
     index_of_hash = {row[4]: i for i, row in enumerate(shares)}
     out: dict[str, tuple[int, dict[tuple[str, str], int]]] = {}
     for block_hash, reward, network_difficulty in blocks:
@@ -120,3 +127,16 @@ async def mine_share(miner: TestMiner, node: Any, block: bool = False, attempts:
 
 def btc_to_sats(value: Decimal | float | int | str) -> int:
     return int((Decimal(str(value)) * 100_000_000).to_integral_exact())
+
+
+async def chain_reward_and_difficulty(node: Any, block_hash: str) -> tuple[int, int, float]:
+    """(coinbase output value, fees of the block's transactions, network difficulty from the header's bits),
+    all read from bitcoind: what the ledger's reward and PPLNS window must be based on."""
+    block = await arpc(node, "getblock", block_hash, 2)
+    coinbase_value = sum(btc_to_sats(o["value"]) for o in block["tx"][0]["vout"])
+    fees = sum(btc_to_sats(tx["fee"]) for tx in block["tx"][1:])
+    header = await arpc(node, "getblockheader", block_hash)
+    target = bits_target(header["bits"])
+    difficulty = DIFF1 / target
+    assert abs(difficulty - float(header["difficulty"])) <= 1e-9 * difficulty, (difficulty, header["difficulty"])
+    return coinbase_value, fees, difficulty

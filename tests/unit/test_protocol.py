@@ -430,8 +430,10 @@ def test_reply_is_valid_json_for_non_finite_ids(raw_id: bytes) -> None:
     proto.receive_data(b'{"id":' + raw_id + b',"method":"mining.ping"}\n')
     while proto.next_event() is not None:
         pass
-    for raw in proto.data_to_send().splitlines():
-        _strict_loads(raw)
+    lines = proto.data_to_send().splitlines()
+    assert len(lines) == 1, lines  # exactly one answer: silence would pass a loop over no lines
+    reply = _strict_loads(lines[0])
+    assert reply["id"] is None and reply["result"] is None and reply["error"], reply
 
 
 # ---- configure ------------------------------------------------------------------------------------------
