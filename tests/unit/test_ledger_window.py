@@ -192,7 +192,7 @@ def address_shares(ledger: Ledger, address: str) -> list[dict[str, object]]:
     app = PoolApp(parse_config({"node": {"network": "regtest", "rpc_url": "http://127.0.0.1:1"},
                                 "payout": {"scheme": "solo"}}))
     app.ledger = ledger
-    return app.address_summary(address)["shares"]  # type: ignore[return-value]
+    return app.address_summary(address, [])["shares"]  # type: ignore[return-value]
 
 
 async def test_ledger_rolls_up_by_itself_off_the_writer(tmp_path: Path):
