@@ -8,6 +8,7 @@ payout variant (SOLO pays each finder's own address) then costs only a coinbase 
 
 from __future__ import annotations
 
+import json
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ class Job:
     created: float
     payout_key: str = ""
     fee: int = 0
+    _lines: dict[bool, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def template(self) -> BlockTemplate:
@@ -195,6 +197,15 @@ class Job:
             be32(self.ntime),
             clean_jobs,
         ]
+
+    def notify_line(self, clean_jobs: bool) -> bytes:
+        """The whole ``mining.notify`` line, serialized once per job and flag and sent as is to every miner:
+        a new tip reaches thousands of connections, and the merkle branch alone is hundreds of bytes of JSON."""
+        line = self._lines.get(clean_jobs)
+        if line is None:
+            message = {"id": None, "method": "mining.notify", "params": self.notify_params(clean_jobs)}
+            line = self._lines[clean_jobs] = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        return line
 
     def block_bytes(self, header: bytes, extranonce1: bytes, extranonce2: bytes) -> bytes:
         """The full serialized block for a solved header: coinbase with witness, then every template tx."""

@@ -438,9 +438,12 @@ class StratumProtocol:
         while len(self._sent_jobs) > _JOB_DIFFICULTY_MEMORY:
             self._sent_jobs.popitem(last=False)
         self.current_job = job
-        params = job.notify_params(clean_jobs)
-        params[0] = sent_id
-        self._send_notification("mining.notify", params)
+        if alias is None:
+            self._write_bytes(job.notify_line(clean_jobs))  # the same bytes for every miner of this job
+        else:
+            params = job.notify_params(clean_jobs)
+            params[0] = sent_id
+            self._send_notification("mining.notify", params)
 
     def answer_submit(self, req_id: Any, result: ShareResult) -> None:
         """Reply to a ShareSubmitted event: true, or the reject's Stratum error."""
@@ -535,7 +538,9 @@ class StratumProtocol:
         self._write({"id": None, "method": method, "params": params})
 
     def _write(self, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        self._write_bytes(json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n")
+
+    def _write_bytes(self, data: bytes) -> None:
         self._out.append(data)
         self._queued += len(data)
 

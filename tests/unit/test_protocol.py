@@ -822,3 +822,17 @@ def test_answer_submit_shapes() -> None:
     out = output(proto)
     assert out[0] == {"id": 4, "result": None, "error": [21, "Stale job", None]}
     assert out[1]["error"][0] == 25
+
+
+def test_notify_line_is_serialized_once_per_job_and_shared_by_sessions() -> None:
+    job = build_job(MAINNET_GBT, job_id="s1")
+    sessions = [new_proto(start_difficulty=2.0) for _ in range(3)]
+    for proto in sessions:
+        handshake(proto)
+        output(proto)
+        proto.send_job(job, True)
+    lines = [proto.data_to_send().splitlines()[-1] + b"\n" for proto in sessions]
+    assert lines[0] == lines[1] == lines[2]
+    assert json.loads(lines[0]) == {"id": None, "method": "mining.notify", "params": job.notify_params(True)}
+    assert job.notify_line(True) is job.notify_line(True)  # built once, reused
+    assert json.loads(job.notify_line(False))["params"][8] is False
