@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +19,14 @@ def _bitcoind_dir() -> Path:
         if os.environ.get("CI"):
             raise
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """Every async test runs on uvloop, the loop ``pool run`` uses: its transports differ from asyncio's."""
+    import uvloop
+
+    return uvloop.EventLoopPolicy()
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ class Reject(Enum):
     MALFORMED = "malformed"
     BAD_VERSION = "version-bits-outside-mask"
     WRONG_PAYOUT = "job-pays-another-address"
+    LEDGER_FAILED = "not-recorded"  # valid, but the ledger could not commit it: the miner should resubmit
 
 
 REJECT_ERRORS: dict[Reject, tuple[int, str]] = {
@@ -46,6 +47,7 @@ REJECT_ERRORS: dict[Reject, tuple[int, str]] = {
     Reject.MALFORMED: (20, "Malformed share"),
     Reject.BAD_VERSION: (20, "Version bits outside the negotiated mask"),
     Reject.WRONG_PAYOUT: (20, "Job pays another address; submit under the worker it was sent for"),
+    Reject.LEDGER_FAILED: (20, "Share not recorded, please resubmit"),
 }
 
 

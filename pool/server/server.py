@@ -21,7 +21,7 @@ import structlog
 from pool.config import Config
 from pool.mining.extranonce import ExtranonceAllocator
 from pool.mining.jobs import Job
-from pool.mining.shares import Accepted, Reject, ShareResult
+from pool.mining.shares import Accepted, Reject, Rejected, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
 from pool.mining.workers import Worker, parse_worker
 from pool.ops.telemetry import Metrics
@@ -39,7 +39,7 @@ from pool.stratum.events import (
     Subscribed,
     TransactionsRequested,
 )
-from pool.stratum.protocol import ERR_JOB_NOT_FOUND, ERR_OTHER, ProtocolConfig, StratumProtocol
+from pool.stratum.protocol import ERR_JOB_NOT_FOUND, ERR_OTHER, Deferred, ProtocolConfig, StratumProtocol
 
 log = structlog.get_logger("pool.server")
 
@@ -51,38 +51,52 @@ SOLO_MAX_PAYOUT_ADDRESSES = 8  # SOLO sends each payout address of a connection 
 # asks at most once per job. Beyond the burst: error 20.
 TRANSACTIONS_RATE = 0.2
 TRANSACTIONS_BURST = 5
+MAX_SHARES_IN_FLIGHT = 256  # accepted shares awaiting their commit per connection; beyond, reading pauses
+SHARE_NOT_RECORDED = Rejected(Reject.LEDGER_FAILED)
 
 
-class Session:
-    """One connection's I/O state around its protocol core."""
+class Session(asyncio.Protocol):
+    """One connection: the asyncio protocol around its sans-IO Stratum core.
+
+    No task, no stream reader and no timer per connection: bytes arrive in ``data_received`` and are handled at
+    once; deadlines (subscribe, authorize, idle) are checked by the server's one sweep. An accepted share's reply
+    waits for its ledger commit in a reserved place of the output (``StratumProtocol.defer_reply``), so a miner
+    may have several shares in flight while its replies still leave in request order.
+    """
 
     __slots__ = (
-        "id", "peer", "ip", "protocol", "writer", "vardiff", "connected", "last_activity", "worker", "has_work",
-        "errors", "log", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending", "transactions",
+        "server", "transport", "id", "peer", "ip", "protocol", "vardiff", "connected", "last_activity", "worker",
+        "has_work", "errors", "log", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
+        "transactions", "finished", "paused",
     )
 
-    def __init__(self, sid: int, peer: str, ip: str, protocol: StratumProtocol, writer: asyncio.StreamWriter,
-                 vardiff: Vardiff, submits: TokenBucket, invalid: InvalidShareTracker) -> None:
-        self.id = sid
-        self.peer = peer
-        self.ip = ip
-        self.submits = submits
-        self.invalid = invalid
-        self.rate_limited = 0
-        self.protocol = protocol
-        self.writer = writer
-        self.vardiff = vardiff
-        self.connected = time.monotonic()
-        # Difficulty hints re-send work; a few take effect at once, the rest are coalesced (latest wins).
-        self.hints = TokenBucket(HINT_RATE, HINT_BURST, self.connected)
-        self.retune_pending = False
-        self.last_activity = self.connected
-        self.worker: Worker | None = None
-        self.has_work = False
-        self.errors = 0
+    def __init__(self, server: StratumServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.finished = False
         self.closing = False
-        self.log = log.bind(session=sid, peer=peer, worker=None)  # worker is filled in at authorize
-        self.transactions = TokenBucket(TRANSACTIONS_RATE, TRANSACTIONS_BURST, self.connected)
+        self.paused = False
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
+        self.server._open(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.finished:
+            self.server._receive(self, data)
+
+    def eof_received(self) -> bool:
+        if not self.finished:
+            self.server._finish(self, "dropped" if self.closing else "eof")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished:
+            self.server._finish(self, "reset" if exc is not None else ("dropped" if self.closing else "eof"))
+
+    # ---- output ----------------------------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Hand queued output to the transport, or drop a peer whose pending output passed its budget.
@@ -91,19 +105,19 @@ class Session:
         requests as soon as the sum passes the budget, so a client that never reads costs the pool at most the
         budget plus one reply (beside the kernel's socket buffers): it is dropped here, without writing more.
         """
-        transport = self.writer.transport
-        if transport.is_closing():
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
         proto = self.protocol
         if not proto.over_budget:
             data = proto.data_to_send()
             if data:
-                self.writer.write(data)
+                transport.write(data)
             if not proto.over_budget:
                 return
         self.log.warning("slow_reader_dropped", pending_bytes=proto.pending_output)
         self.closing = True
-        transport.abort()
+        self.server._finish(self, "dropped")
 
 
 class StratumServer:
@@ -135,6 +149,7 @@ class StratumServer:
         self._recent_extranonces: OrderedDict[bytes, float] = OrderedDict()
         self.guard = AddressGuard(sc.guard)
         self.sessions: dict[int, Session] = {}
+        self._handshaking: dict[int, Session] = {}  # not yet logged in: their deadlines are checked every tick
         self._per_ip: CountMap[str] = CountMap()
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
@@ -145,12 +160,12 @@ class StratumServer:
 
     async def start(self) -> int:
         sc = self.config.stratum
-        self._server = await asyncio.start_server(self._handle, sc.host, sc.port, limit=sc.max_line_bytes * 2,
-                                                  backlog=1024)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Session(self), sc.host, sc.port, backlog=1024)
         self.port = int(self._server.sockets[0].getsockname()[1])
         if sc.tls_port is not None:
             self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
-            self.tls_port = await self.tls.start(self._handle, sc.host, sc.tls_port, sc.max_line_bytes * 2)
+            self.tls_port = await self.tls.start(lambda: Session(self), sc.host, sc.tls_port)
         self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stratum-housekeeping")
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
@@ -169,7 +184,7 @@ class StratumServer:
         if self.tls is not None:
             self.tls.close()
         for session in list(self.sessions.values()):
-            session.writer.transport.abort()
+            self._finish(session, "shutdown")
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -244,25 +259,29 @@ class StratumServer:
 
     # ---- connections ---------------------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
+    def _open(self, session: Session) -> None:
+        """A new connection: refused at once when banned or over a limit, else a session with its core."""
+        transport = session.transport
+        assert transport is not None
+        peername = transport.get_extra_info("peername")
         ip = str(peername[0]) if peername else "?"
-        peer = f"{ip}:{peername[1]}" if peername else "?"
         sc = self.config.stratum
         now = time.monotonic()
+        refused = None
         if self.guard.banned(ip, now):
-            self.metrics.disconnects.labels("banned").inc()
-            writer.transport.abort()
-            return
-        if (
+            refused = "banned"
+        elif (
             len(self.sessions) >= sc.max_connections
             or self._per_ip[ip] >= sc.max_connections_per_ip
             or not self.guard.allow_connect(ip, now)
         ):
-            self.metrics.disconnects.labels("limit").inc()
-            writer.transport.abort()
+            refused = "limit"
+        if refused is not None:
+            session.finished = True
+            self.metrics.disconnects.labels(refused).inc()
+            transport.abort()
             return
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 # Keepalive finds half-open connections of miners that lost power; no-delay keeps notify fast.
@@ -271,37 +290,86 @@ class StratumServer:
         self._per_ip[ip] += 1
         extranonce1 = self._extranonces.allocate()
         sid = next(self._ids)
-        protocol = StratumProtocol(
+        session.id = sid
+        session.ip = ip
+        session.peer = f"{ip}:{peername[1]}" if peername else "?"
+        session.protocol = StratumProtocol(
             self._proto_config, extranonce1, self._authorizer, lambda h: self._resume(h, extranonce1),
-            backlog=writer.transport.get_write_buffer_size,
+            backlog=transport.get_write_buffer_size,
         )
-        session = Session(
-            sid, peer, ip, protocol, writer, Vardiff(self._vardiff_config, now),
-            TokenBucket(sc.guard.submit_rate, sc.guard.submit_burst, now),
-            InvalidShareTracker(sc.guard.invalid_share_limit),
-        )
+        session.vardiff = Vardiff(self._vardiff_config, now)
+        session.submits = TokenBucket(sc.guard.submit_rate, sc.guard.submit_burst, now)
+        session.invalid = InvalidShareTracker(sc.guard.invalid_share_limit)
+        session.rate_limited = 0
+        session.connected = session.last_activity = now
+        # Difficulty hints re-send work; a few take effect at once, the rest are coalesced (latest wins).
+        session.hints = TokenBucket(HINT_RATE, HINT_BURST, now)
+        session.retune_pending = False
+        session.worker = None
+        session.has_work = False
+        session.errors = 0
+        session.log = log.bind(session=sid, peer=session.peer, worker=None)  # worker is filled in at authorize
+        session.transactions = TokenBucket(TRANSACTIONS_RATE, TRANSACTIONS_BURST, now)
         self.sessions[sid] = session
+        self._handshaking[sid] = session
         self.metrics.connects.inc()
         self.metrics.connections.set(len(self.sessions))
-        reason = "closed"
+
+    def _receive(self, session: Session, data: bytes) -> None:
+        """Bytes from a miner: every complete request is handled now, and the replies that are ready go out."""
+        proto = session.protocol
+        session.last_activity = time.monotonic()
         try:
-            reason = await self._serve(session, reader)
-        except (ConnectionError, OSError):
-            reason = "reset"
+            proto.receive_data(data)
+            while (event := proto.next_event()) is not None:
+                self._dispatch(session, event)
+            session.flush()
         except Exception:  # one connection's bug must not take the pool down
             session.log.exception("session_crashed")
-            reason = "error"
-        finally:
-            self.sessions.pop(sid, None)
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
-            self._extranonces.release(protocol.extranonce1)
-            self._remember_extranonce(protocol.extranonce1)
-            self.metrics.connections.set(len(self.sessions))
-            self.metrics.disconnects.labels(reason).inc()
-            session.log.debug("disconnected", reason=reason)
-            writer.transport.abort() if reason != "closed" else writer.close()
+            self._finish(session, "error")
+            return
+        if session.finished:
+            return
+        if proto.closed:
+            self._finish(session, "protocol-error", graceful=True)
+        elif session.closing:
+            self._finish(session, "dropped", graceful=True)
+        elif session.errors > MAX_PROTOCOL_ERRORS:
+            self._finish(session, "too-many-errors")
+        elif proto.deferred > MAX_SHARES_IN_FLIGHT and not session.paused:
+            session.paused = True  # resumed when its replies are settled (see _settle)
+            session.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _finish(self, session: Session, reason: str, graceful: bool = False) -> None:
+        """Close a connection once: release what it held, count why. ``graceful`` lets queued bytes (the
+        error that explains the close) leave first, for at most a second."""
+        if session.finished:
+            return
+        session.finished = True
+        self.sessions.pop(session.id, None)
+        self._handshaking.pop(session.id, None)
+        ip = session.ip
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
+        extranonce1 = session.protocol.extranonce1
+        self._extranonces.release(extranonce1)
+        self._remember_extranonce(extranonce1)
+        self.metrics.connections.set(len(self.sessions))
+        self.metrics.disconnects.labels(reason).inc()
+        session.log.debug("disconnected", reason=reason)
+        transport = session.transport
+        if transport is None or transport.is_closing():
+            return
+        if graceful:
+            with contextlib.suppress(Exception):
+                data = session.protocol.data_to_send()
+                if data:
+                    transport.write(data)
+            transport.close()
+            asyncio.get_running_loop().call_later(1.0, transport.abort)  # a peer that never reads
+        else:
+            transport.abort()
 
     def _change_extranonce(self, session: Session) -> None:
         """A fresh extranonce1 for a miner that subscribed to changes (it may be re-hashing a spent range);
@@ -331,38 +399,18 @@ class StratumServer:
             return session.connected + sc.authorize_timeout, "authorize-timeout"
         return session.last_activity + sc.idle_timeout, "idle-timeout"
 
-    async def _serve(self, session: Session, reader: asyncio.StreamReader) -> str:
-        proto = session.protocol
-        while True:
+    def _sweep_deadlines(self, now: float, everyone: bool) -> None:
+        """The one timer for every connection: sessions past their deadline are closed. Sessions still in the
+        handshake are checked every tick; logged-in ones (idle timeout: minutes) only when ``everyone``."""
+        for session in list((self.sessions if everyone else self._handshaking).values()):
             deadline, why = self._deadline(session)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return why
-            try:
-                data = await asyncio.wait_for(reader.read(65536), remaining)
-            except TimeoutError:
-                continue
-            if not data:
-                return "dropped" if session.closing else "eof"  # flush() aborts an over-budget reader
-            session.last_activity = time.monotonic()
-            proto.receive_data(data)
-            while (event := proto.next_event()) is not None:
-                await self._dispatch(session, event)
-            session.flush()
-            if proto.closed or session.closing:
-                await self._drain(session)
-                return "protocol-error" if proto.closed else "dropped"
-            if session.errors > MAX_PROTOCOL_ERRORS:
-                return "too-many-errors"
-
-    async def _drain(self, session: Session) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(session.writer.drain(), 1.0)
+            if now >= deadline:
+                self._finish(session, why)
 
     def _authorizer(self, username: str, password: str) -> Worker:
         return parse_worker(username, password, self._network)
 
-    async def _dispatch(self, session: Session, event: Event) -> None:
+    def _dispatch(self, session: Session, event: Event) -> None:
         proto = session.protocol
         if isinstance(event, ShareSubmitted):
             if not session.submits.take(time.monotonic()):
@@ -374,7 +422,7 @@ class StratumServer:
                     session.closing = True
                 return
             result, committed = self.coordinator.judge(event, proto.extranonce1)
-            await self._answer_share(session, event, result, committed)
+            self._answer_share(session, event, result, committed)
         elif isinstance(event, Subscribed):
             self.metrics.subscribes.inc()
             session.log = session.log.bind(agent=event.user_agent)
@@ -384,6 +432,7 @@ class StratumServer:
         elif isinstance(event, Authorized):
             self.metrics.authorizes.labels("ok").inc()
             if event.first:
+                self._handshaking.pop(session.id, None)
                 session.worker = event.worker
                 session.log = session.log.bind(worker=event.worker.full_name)
                 if event.worker.fixed_difficulty is not None:
@@ -430,28 +479,43 @@ class StratumServer:
             session.log.info("protocol_error", reason=event.reason, fatal=event.fatal)
             session.errors += 1
 
-    async def _answer_share(self, session: Session, event: ShareSubmitted, result: ShareResult,
-                            committed: asyncio.Future[Any] | None) -> None:
+    def _answer_share(self, session: Session, event: ShareSubmitted, result: ShareResult,
+                      committed: asyncio.Future[Any] | None) -> None:
         proto = session.protocol
         if isinstance(result, Accepted) and committed is not None:
-            try:
-                await committed
-            except Exception as exc:  # never answer true for a share the ledger did not take
-                session.log.error("ledger_write_failed", error=str(exc))
-                self.coordinator.forget(result)
-                proto.answer_error(event.request_id, 20, "Share not recorded, please resubmit")
-                return
+            slot = proto.defer_reply()  # "true" only once the ledger has the share; later replies wait behind it
+            committed.add_done_callback(lambda done: self._settle(session, event, result, slot, done))
+            return
+        if isinstance(result, Accepted):
             proto.answer_submit(event.request_id, result)
+            return
+        session.log.debug("share_rejected", reason=result.reason.value, detail=result.detail)
+        proto.answer_submit(event.request_id, result)
+        if result.reason is not Reject.STALE:
+            self._escalate(session, session.invalid.invalid())
+
+    def _settle(self, session: Session, event: ShareSubmitted, result: Accepted, slot: Deferred,
+                committed: asyncio.Future[Any]) -> None:
+        """The ledger answered for one accepted share: fill its reply and send what is now ready."""
+        error = committed.exception() if not committed.cancelled() else asyncio.CancelledError()
+        proto = session.protocol
+        if error is not None:  # never answer true for a share the ledger did not take
+            session.log.error("ledger_write_failed", error=str(error))
+            self.coordinator.forget(result)
+            proto.settle(slot, event.request_id, SHARE_NOT_RECORDED)
+        else:
+            proto.settle(slot, event.request_id, result)
             new = session.vardiff.record_share(result.difficulty, time.monotonic())
             if new is not None and new != proto.difficulty:
                 proto.set_difficulty(new)
                 self._send_work(session, fresh=True)
             session.invalid.valid()
-        else:
-            session.log.debug("share_rejected", reason=result.reason.value, detail=result.detail)
-            proto.answer_submit(event.request_id, result)
-            if result.reason is not Reject.STALE:
-                self._escalate(session, session.invalid.invalid())
+        if session.finished:
+            return
+        session.flush()
+        if session.paused and proto.deferred <= MAX_SHARES_IN_FLIGHT // 2 and session.transport is not None:
+            session.paused = False
+            session.transport.resume_reading()
 
     def _retune(self, session: Session, hint: bool = False) -> None:
         """Bring the miner to its vardiff difficulty. A hint-driven change re-sends work only while the
@@ -498,10 +562,16 @@ class StratumServer:
         return states
 
     async def _housekeeping_loop(self) -> None:
-        """Lower difficulty for miners that went quiet; counts sessions by state for metrics."""
+        """Every second: handshake deadlines. Every 5 s: idle deadlines, coalesced hints, lower difficulty for
+        miners that went quiet, and sessions counted by state for metrics."""
+        tick = 0
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(1)
+            tick += 1
             now = time.monotonic()
+            self._sweep_deadlines(now, everyone=tick % 5 == 0)
+            if tick % 5:
+                continue
             for session in list(self.sessions.values()):
                 proto = session.protocol
                 if session.retune_pending and session.hints.take(now):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -67,14 +67,13 @@ class TlsListener:
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
 
-    async def start(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-                    host: str, port: int, limit: int) -> int:
+    async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int) -> int:
         listening = self._current
         # OpenSSL calls this for every ClientHello (with or without SNI): the handshake gets the current
         # context, so a reloaded certificate applies to new connections only.
         listening.sni_callback = self._select
-        self._server = await asyncio.start_server(
-            handler, host, port, ssl=listening, ssl_handshake_timeout=HANDSHAKE_TIMEOUT, limit=limit, backlog=1024
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, host, port, ssl=listening, ssl_handshake_timeout=HANDSHAKE_TIMEOUT, backlog=1024
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port

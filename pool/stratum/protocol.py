@@ -41,6 +41,15 @@ from pool.stratum.events import (
 )
 
 
+class Deferred:
+    """A reply whose place in the output is reserved before its content is known."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+
 class LineTooLong(Exception):
     """The peer sent more than the cap without a newline; the connection must be closed."""
 
@@ -155,8 +164,10 @@ class StratumProtocol:
         self._next_server_request = _SERVER_REQUEST_BASE
         self._framer = LineFramer(config.max_line)
         self._lines: deque[bytes] = deque()
-        self._out: list[bytes] = []
+        self._out: list[bytes | Deferred] = []  # in request order; a Deferred holds back what follows it
         self._queued = 0  # bytes in _out
+        self.deferred = 0  # replies reserved and not yet settled
+        self._slots = 0  # reserved replies still in _out, settled or not
         self._over_budget = False
         self._fatal: str | None = None
         self.closed = False
@@ -507,13 +518,51 @@ class StratumProtocol:
         self._send_notification("client.show_message", [text])
 
     def data_to_send(self) -> bytes:
-        """Bytes queued for the peer since the last call."""
-        if not self._out:
+        """Bytes queued for the peer since the last call, up to the first reply still being decided."""
+        out = self._out
+        if not out:
             return b""
-        data = b"".join(self._out)
-        self._out.clear()
-        self._queued = 0
+        if not self._slots:
+            data = b"".join(out)  # type: ignore[arg-type]
+            out.clear()
+            self._queued = 0
+            return data
+        ready: list[bytes] = []
+        taken = 0
+        for item in out:
+            if isinstance(item, Deferred):
+                if item.data is None:
+                    break
+                self._slots -= 1
+                item = item.data
+            ready.append(item)
+            taken += 1
+        del out[:taken]
+        data = b"".join(ready)
+        self._queued -= len(data)
         return data
+
+    def defer_reply(self) -> Deferred:
+        """Reserve the place of a reply decided later (a share answered after its ledger commit): everything
+        queued after it waits, so replies leave in request order however many shares are in flight."""
+        slot = Deferred()
+        self._out.append(slot)
+        self.deferred += 1
+        self._slots += 1
+        return slot
+
+    def settle(self, slot: Deferred, req_id: Any, result: ShareResult) -> None:
+        """Fill a reserved reply: ``true``, or the reject's Stratum error."""
+        if slot.data is not None:
+            return
+        if isinstance(result, Rejected):
+            code, message = result.error
+            obj: dict[str, Any] = {"id": req_id, "result": None, "error": [code, message, None]}
+        else:
+            obj = {"id": req_id, "result": True, "error": None}
+        slot.data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        self._queued += len(slot.data)
+        self.deferred -= 1
 
     @property
     def pending_output(self) -> int:

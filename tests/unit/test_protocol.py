@@ -836,3 +836,27 @@ def test_notify_line_is_serialized_once_per_job_and_shared_by_sessions() -> None
     assert json.loads(lines[0]) == {"id": None, "method": "mining.notify", "params": job.notify_params(True)}
     assert job.notify_line(True) is job.notify_line(True)  # built once, reused
     assert json.loads(job.notify_line(False))["params"][8] is False
+
+
+def test_deferred_replies_leave_in_request_order() -> None:
+    """Accepted shares are answered after their ledger commit; replies behind them wait, whatever settles first."""
+    from pool.mining.shares import Reject, Rejected
+
+    proto = new_proto()
+    handshake(proto)
+    output(proto)
+    first = proto.defer_reply()
+    proto.answer(7, "pong")  # a later request, answered at once
+    second = proto.defer_reply()
+    assert proto.data_to_send() == b"" and proto.deferred == 2
+    proto.settle(second, 9, Rejected(Reject.LEDGER_FAILED))
+    assert proto.data_to_send() == b""  # still held behind the first
+    proto.settle(first, 8, Rejected(Reject.DUPLICATE))
+    assert [(m["id"], m.get("error")) for m in output(proto)] == [
+        (8, [22, "Duplicate share", None]),
+        (7, None),
+        (9, [20, "Share not recorded, please resubmit", None]),
+    ]
+    assert proto.deferred == 0 and proto.pending_output == 0
+    proto.answer(10, "pong")
+    assert output(proto) == [{"id": 10, "result": "pong", "error": None}]
