@@ -398,3 +398,11 @@ def test_jobbook_keeps_every_job_of_recent_templates() -> None:
         for job in (jobs[0], jobs[1999]):
             found = book.get(job.job_id)
             assert (found is job) if expected_live else (found is Lookup.STALE)
+
+
+def test_total_fees_is_summed_once_at_parse() -> None:
+    """Read for every accepted share: a field computed when the template is parsed, not a sum per read."""
+    gbt = make_gbt(n_txs=5)
+    template = parse_template(gbt)
+    assert template.total_fees == sum(tx["fee"] for tx in gbt["transactions"]) > 0
+    assert "total_fees" in type(template).__dataclass_fields__
