@@ -287,13 +287,14 @@ def fmt_row(label: str, r: dict[str, Any], base: float | None, lat: bool = False
     ok = f"{r['ok'] / total:.0%}" if total else "-"
     ratio = f"{r['rate'] / base:.2f}x" if base else "-"
     extra = f"{r['p50'] * 1e3:>8.2f}{r['p99'] * 1e3:>9.2f}" if lat else ""
+    per_share = r["server"] / r["rate"] * 1e6 if r["rate"] else float("nan")
     return (f"  {label:<34}{r['rate']:>10,.0f}{ratio:>8}{extra}{ok:>6}{r['server']:>7.0%}{r['loop']:>6.0%}"
-            f"{r['client_cpu']:>7.0%}")
+            f"{r['client_cpu']:>7.0%}{per_share:>9.1f}")
 
 
 def header(lat: bool = False) -> str:
     extra = f"{'p50 ms':>8}{'p99 ms':>9}" if lat else ""
-    return f"  {'':<34}{'replies/s':>10}{'vs base':>8}{extra}{'true':>6}{'srv':>7}{'loop':>6}{'client':>7}"
+    return f"  {'':<34}{'replies/s':>10}{'vs base':>8}{extra}{'true':>6}{'srv':>7}{'loop':>6}{'client':>7}{'srv us/1':>9}"
 
 
 def check(r: dict[str, Any], expect_ok: bool | None, problems: list[str], what: str) -> None:
@@ -439,42 +440,71 @@ STAGES = (  # (label, substrings of "file:function" whose cumulative time is the
 )
 
 
-def profile(ctx: dict[str, Any], args: argparse.Namespace) -> None:
-    """cProfile of the pool's loop thread over an accept window; per accepted share by stage."""
-    out = Path(args.profile_out) if args.profile_out else ctx["tmp"] / "pool.prof"
-    print(f"\n== profile: pool loop thread under cProfile, accept path, 100 connections, 1 in flight, "
-          f"{args.seconds:g} s (cProfile slows the pool; read the shares, not the absolute times)")
-    pool = Pool(ctx["node"], ctx["tmp"], "profile", profile=out)
+def _profile_once(node: MainnetNode, tmp: Path, name: str, seconds: float, out: Path) -> tuple[dict[str, Any], Any]:
+    pool = Pool(node, tmp, name, profile=out)
     try:
         def on_window(phase: str) -> None:
             pool.signal(signal.SIGUSR1 if phase == "start" else signal.SIGUSR2)
 
-        r = window(pool.port, pool.pid, 100, ACCEPT_D, args.seconds, 1, node=ctx["node"], on_window=on_window)
+        r = window(pool.port, pool.pid, 100, ACCEPT_D, seconds, 1, node=node, on_window=on_window)
         deadline = time.monotonic() + 10
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(0.5)
+        time.sleep(0.5)  # dump_stats may still be writing
     finally:
         pool.stop()
-    stats = pstats.Stats(str(out))
-    total_tt = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
-    shares = r["ok"] or 1
+    return r, pstats.Stats(str(out))
+
+
+def _stage_times(stats: Any) -> tuple[float, dict[str, float]]:
+    """Loop-thread time profiled, and the cumulative time of each stage's function."""
+    total = sum(v[2] for v in stats.stats.values())
     cum: dict[str, float] = {}
-    for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        key = f"{Path(file).name}:{func}" if "prometheus_client" not in file else f"prometheus_client/{Path(file).name}:{func}"
-        if "structlog" in file:
-            key = f"structlog/{Path(file).name}:{func}"
+    for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+        lib = "prometheus_client/" if "prometheus_client" in file else "structlog/" if "structlog" in file else ""
+        key = f"{lib}{Path(file).name}:{func}"
         cum[key] = cum.get(key, 0.0) + ct
-    print(f"  {r['ok']:,} shares accepted while profiled ({r['rate']:,.0f}/s); loop-thread time profiled "
-          f"{total_tt:.2f} s = {total_tt / shares * 1e6:.0f} us per share")
-    for label, keys in STAGES:
-        t = max((v for k, v in cum.items() if any(s in k for s in keys)), default=0.0)
-        print(f"  {label:<40}{t / shares * 1e6:>8.1f} us/share{t / total_tt:>7.0%}")
-    print("  top functions by own time:")
-    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]  # type: ignore[attr-defined]
+    stages = {label: max((v for k, v in cum.items() if any(x in k for x in keys)), default=0.0)
+              for label, keys in STAGES}
+    return total, stages
+
+
+def profile(ctx: dict[str, Any], args: argparse.Namespace) -> None:
+    """cProfile of the pool's loop thread over an accept window, full and empty template; per share by stage."""
+    out = Path(args.profile_out) if args.profile_out else ctx["tmp"] / "pool.prof"
+    print(f"\n== profile: pool loop thread under cProfile, accept path, 100 connections, 1 in flight, "
+          f"{args.seconds:g} s (cProfile slows Python code ~2-5x, generators most: read the shares)")
+    r_full, s_full = _profile_once(ctx["node"], ctx["tmp"], "profile-full", args.seconds, out)
+    empty_node = MainnetNode(empty=True)
+    empty_node.start()
+    try:
+        r_empty, s_empty = _profile_once(empty_node, ctx["tmp"], "profile-empty", args.seconds,
+                                         ctx["tmp"] / "pool-empty.prof")
+    finally:
+        empty_node.stop()
+    (t_full, st_full), (t_empty, st_empty) = _stage_times(s_full), _stage_times(s_empty)
+    n_full, n_empty = r_full["ok"] or 1, r_empty["ok"] or 1
+    print(f"  {'us of loop thread per accepted share':<40}{'1,556 txs':>12}{'empty':>9}")
+    print(f"  {'total profiled':<40}{t_full / n_full * 1e6:>12.1f}{t_empty / n_empty * 1e6:>9.1f}"
+          f"   ({r_full['ok']:,} and {r_empty['ok']:,} shares)")
+    for label, _ in STAGES:
+        print(f"  {label:<40}{st_full[label] / n_full * 1e6:>12.1f}{st_empty[label] / n_empty * 1e6:>9.1f}")
+    print("  top functions by own time (1,556 txs):")
+    rows = sorted(s_full.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:10]  # type: ignore[attr-defined]
     for (file, line, func), (_cc, nc, tt, ct, _c) in rows:
-        print(f"    {tt / shares * 1e6:>7.1f} us/share own {ct / shares * 1e6:>7.1f} cum  {nc:>9,} calls  "
+        print(f"    {tt / n_full * 1e6:>7.1f} us/share own {ct / n_full * 1e6:>7.1f} cum  {nc:>10,} calls  "
               f"{Path(file).name}:{line}({func})")
+    # The one stage that scales with the template, timed without the profiler.
+    sys.path.insert(0, str(REPO_ROOT))
+    import timeit
+
+    from pool.mining.jobs import parse_template
+
+    template = parse_template(ctx["node"].call("getblocktemplate", {"rules": ["segwit"]}))
+    per_call = timeit.timeit(lambda: template.total_fees, number=500) / 500
+    print(f"  unprofiled: BlockTemplate.total_fees over {len(template.transactions):,} transactions = "
+          f"{per_call * 1e6:.1f} us per call; Coordinator.share_record calls it twice per accepted share "
+          f"({2 * per_call * 1e6:.0f} us/share; 0 on an empty template)")
 
 
 # ---- main -------------------------------------------------------------------------------------------------------
