@@ -224,10 +224,10 @@ class Client:
                 if now >= self.end_at:
                     break
                 due = int((now - start) * rate)
-                while sent < due:  # each request is stamped with its scheduled time (no coordinated omission)
-                    miners[sent % n].send(1, start + sent / rate)
+                while sent < due:  # stamped when written: a 1 ms tick writes what fell due since the last one
+                    miners[sent % n].send(1, now)
                     sent += 1
-                await asyncio.sleep(0.0005)
+                await asyncio.sleep(0.001)  # uvloop's timers have 1 ms resolution
         await asyncio.sleep(max(0.0, self.warm_at - time.perf_counter()))
         if cpu0 is None:
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
