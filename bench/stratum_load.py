@@ -343,7 +343,7 @@ def latency(ctx: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
-    node, echo, problems = ctx["node"], ctx["echo"], ctx["problems"]
+    node, problems = ctx["node"], ctx["problems"]
     limit = raise_nofile()
     print(f"\n== hold: logged-in idle connections, RSS per connection, new tip -> miners notified "
           f"(open-files limit {limit}; {args.tips} tip(s) per size)")
@@ -352,7 +352,9 @@ def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         if n > limit - 200:
             print(f"  {n} connections: skipped (open-files limit {limit})")
             continue
-        # The baseline: the echo server holding n connections and broadcasting one notify-sized line.
+        # The baseline: a fresh echo server holding n connections and broadcasting one notify-sized line.
+        echo = Echo()
+        time.sleep(0.3)
         rss0 = rss_bytes(echo.pid)
         miners = Miners(echo.port, n, None)
         try:
@@ -372,6 +374,7 @@ def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                       f"{seen['seen']:>6}/{seen['of']}")
         finally:
             miners.stop()
+            echo.stop()
         pool = Pool(node, ctx["tmp"], f"hold-{n}")
         try:
             time.sleep(0.5)
@@ -420,8 +423,10 @@ def compare(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                                node=empty_node)
                 print(fmt_row(f"{inflight} in flight, empty template", empty, None, lat=True))
                 print(fmt_row(f"{inflight} in flight, 1,556 txs", full, empty["rate"], lat=True))
-                for r in (full, empty):
+                for name, r in (("empty", empty), ("1,556 txs", full)):
                     check(r, True, ctx["problems"], f"compare inflight={inflight}")
+                    print(f"    {name}: loop thread {r['loop'] / r['rate'] * 1e6:.0f} us/share, other threads "
+                          f"(ledger writer) {(r['server'] - r['loop']) / r['rate'] * 1e6:.0f} us/share")
         finally:
             empty_pool.stop()
     finally:
