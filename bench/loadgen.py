@@ -320,7 +320,9 @@ class EchoConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         if data.startswith(b"BCAST "):
+            start = time.perf_counter()
             self.server.broadcast(data[6:].strip(), self)
+            self.transport.write(b"%.6f\n" % (time.perf_counter() - start))  # the write loop's own time
             return
         n = data.count(b"\n")
         if n:

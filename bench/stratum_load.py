@@ -216,15 +216,24 @@ class Echo:
 class Miners:
     """A load-generator process holding ``connections`` miners on ``port``."""
 
-    def __init__(self, port: int, connections: int, difficulty: float | None) -> None:
+    def __init__(self, port: int, connections: int, difficulty: float | None, wait: bool = True) -> None:
         spec = {"port": port, "connections": connections, "login": difficulty is not None,
                 "difficulty": difficulty or 0, "username": f"{POOL_ADDRESS}.bench"}
         self.proc = subprocess.Popen([sys.executable, str(HERE / "loadgen.py"), "client", json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         ready = self.read()
         if "ready" not in ready:
             self.stop()
             raise RuntimeError(f"load generator: {ready}")
+
+    def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+        self.proc.stdin.flush()
 
     @property
     def pid(self) -> int:
@@ -238,9 +247,7 @@ class Miners:
         return dict(json.loads(line))
 
     def command(self, **cmd: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
-        self.proc.stdin.flush()
+        self.send(**cmd)
         return self.read()
 
     def stop(self) -> None:
@@ -254,6 +261,36 @@ class Miners:
                 self.proc.wait(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class Fleet:
+    """``connections`` miners split over ``procs`` load-generator processes (a new-tip watch needs more than one
+    client core at 10,000 connections: see the echo baseline's "last" column)."""
+
+    def __init__(self, port: int, connections: int, difficulty: float | None, procs: int) -> None:
+        sizes = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
+        self.parts = [Miners(port, size, difficulty, wait=False) for size in sizes if size]
+        try:
+            for part in self.parts:
+                part.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+
+    def command(self, **cmd: Any) -> dict[str, Any]:
+        for part in self.parts:
+            part.send(**cmd)
+        replies = [part.read() for part in self.parts]
+        if cmd["cmd"] != "report":
+            return replies[0]
+        firsts = [r["first"] for r in replies if r["first"] is not None]
+        lasts = [r["last"] for r in replies if r["last"] is not None]
+        return {"seen": sum(r["seen"] for r in replies), "of": sum(r["of"] for r in replies),
+                "first": min(firsts) if firsts else None, "last": max(lasts) if lasts else None}
+
+    def stop(self) -> None:
+        for part in self.parts:
+            part.stop()
 
 
 # ---- measurements ----------------------------------------------------------------------------------------------
@@ -346,7 +383,7 @@ def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
     node, problems = ctx["node"], ctx["problems"]
     limit = raise_nofile()
     print(f"\n== hold: logged-in idle connections, RSS per connection, new tip -> miners notified "
-          f"(open-files limit {limit}; {args.tips} tip(s) per size)")
+          f"(open-files limit {limit}; {args.tips} tip(s) per size; {args.client_procs} client process(es))")
     print(f"  {'':<28}{'conns':>7}{'RSS delta':>11}{'per conn':>10}{'first ms':>10}{'last ms':>9}{'notified':>10}")
     for n in args.hold:
         if n > limit - 200:
@@ -356,7 +393,7 @@ def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         echo = Echo()
         time.sleep(0.3)
         rss0 = rss_bytes(echo.pid)
-        miners = Miners(echo.port, n, None)
+        miners = Fleet(echo.port, n, None, args.client_procs)
         try:
             time.sleep(1.0)
             rss1 = rss_bytes(echo.pid)
@@ -369,9 +406,10 @@ def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                     t0 = time.time()
                     ctl.sendall(b"BCAST " + token.encode() + b"\n")
                     seen = miners.command(cmd="report", timeout=20)
+                    write_loop = float(ctl.makefile("rb").readline())
                 print(f"  {'echo baseline':<28}{n:>7}{(rss1 - rss0) / 1e6:>9.1f}MB{(rss1 - rss0) / n / 1e3:>8.1f}KB"
                       f"{(seen['first'] - t0) * 1e3:>10.1f}{(seen['last'] - t0) * 1e3:>9.1f}"
-                      f"{seen['seen']:>6}/{seen['of']}")
+                      f"{seen['seen']:>6}/{seen['of']}   its write loop {write_loop * 1e3:.1f} ms")
         finally:
             miners.stop()
             echo.stop()
@@ -379,7 +417,7 @@ def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         try:
             time.sleep(0.5)
             rss0 = rss_bytes(pool.pid)
-            miners = Miners(pool.port, n, ACCEPT_D)
+            miners = Fleet(pool.port, n, ACCEPT_D, args.client_procs)
             try:
                 time.sleep(1.0)
                 rss1 = rss_bytes(pool.pid)
@@ -527,6 +565,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", help="throughput: connection counts (default 100,1000; quick 100,1000)")
     p.add_argument("--hold", help="hold: connection counts (default 1000,5000,10000,19500; quick 1000,5000)")
     p.add_argument("--tips", type=int, help="hold: new tips per size (default 3; quick 1)")
+    p.add_argument("--client-procs", type=int, default=1, help="hold: load-generator processes (default 1)")
     p.add_argument("--profile-out", help="profile: keep the cProfile stats in this file")
     p.add_argument("--pool-child", metavar="CONFIG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
