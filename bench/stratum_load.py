@@ -92,7 +92,8 @@ class Cpu:
 class Pool:
     """``pool run --config`` in a child process (uvloop, as operators run it), pointed at a mainnet-like node."""
 
-    def __init__(self, node: MainnetNode, tmp: Path, name: str, profile: Path | None = None) -> None:
+    def __init__(self, node: MainnetNode, tmp: Path, name: str, profile: Path | None = None,
+                 cache_fees: bool = False) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         info = node.info
@@ -131,6 +132,8 @@ format = "json"
         env = dict(os.environ)
         if profile is not None:
             env["STRATUM_LOAD_PROFILE"] = str(profile)
+        if cache_fees:
+            env["STRATUM_LOAD_CACHE_FEES"] = "1"
         self.log = open(self.dir / "pool.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, str(HERE / "stratum_load.py"), "--pool-child", str(config)],
                                      stdout=subprocess.PIPE, stderr=self.log, env=env, cwd=REPO_ROOT)
@@ -186,9 +189,27 @@ def pool_child(config_path: str) -> int:
             prof.dump_stats(out)
 
         signal.signal(signal.SIGUSR2, dump)
+    if os.environ.get("STRATUM_LOAD_CACHE_FEES"):
+        _cache_total_fees()
     from pool.__main__ import main as pool_main
 
     return pool_main(["run", "--config", config_path])
+
+
+def _cache_total_fees() -> None:
+    """What-if for the compare section only: ``BlockTemplate.total_fees`` computed once per template instead of
+    summed over every transaction on each call (the pool itself is not changed)."""
+    from pool.mining.jobs import BlockTemplate
+
+    cache: dict[int, tuple[Any, int]] = {}
+
+    def total_fees(self: Any) -> int:
+        entry = cache.get(id(self))
+        if entry is None or entry[0] is not self:
+            entry = cache[id(self)] = (self, sum(tx.fee for tx in self.transactions))
+        return entry[1]
+
+    BlockTemplate.total_fees = property(total_fees)  # type: ignore[method-assign,assignment]
 
 
 class Echo:
@@ -465,6 +486,16 @@ def compare(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                     check(r, True, ctx["problems"], f"compare inflight={inflight}")
                     print(f"    {name}: loop thread {r['loop'] / r['rate'] * 1e6:.0f} us/share, other threads "
                           f"(ledger writer) {(r['server'] - r['loop']) / r['rate'] * 1e6:.0f} us/share")
+            cached_pool = Pool(ctx["node"], ctx["tmp"], "cached-fees", cache_fees=True)
+            try:
+                cached = window(cached_pool.port, cached_pool.pid, 100, ACCEPT_D, args.seconds, 1, node=ctx["node"])
+            finally:
+                cached_pool.stop()
+            check(cached, True, ctx["problems"], "compare cached fees")
+            print(fmt_row("1 in flight, 1,556 txs, fees cached", cached, None, lat=True)
+                  + "  (what-if: total_fees once per template)")
+            print(f"    fees cached: loop thread {cached['loop'] / cached['rate'] * 1e6:.0f} us/share, other threads "
+                  f"{(cached['server'] - cached['loop']) / cached['rate'] * 1e6:.0f} us/share")
         finally:
             empty_pool.stop()
     finally:
