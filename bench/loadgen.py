@@ -64,7 +64,7 @@ class Miner(asyncio.Protocol):
     """One connection: JSON handshake, then a byte-level path that matches replies to requests in order."""
 
     __slots__ = ("client", "transport", "buf", "fast", "messages", "sent", "prefix", "nonce", "seq", "ok", "err",
-                 "first_error", "watch", "seen_at", "closed")
+                 "first_error", "watch", "seen_at", "closed", "username", "extranonce2", "stale")
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -82,6 +82,9 @@ class Miner(asyncio.Protocol):
         self.watch = b""
         self.seen_at = 0.0
         self.closed = False
+        self.username = ""
+        self.extranonce2 = ""
+        self.stale = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -110,11 +113,15 @@ class Miner(asyncio.Protocol):
         sent = self.sent
         for line in buf[:end].split(b"\n"):
             if b'"method"' in line:  # notifications and server requests (client.get_version)
+                if b'"mining.notify"' in line and self.username:
+                    self.follow(json.loads(line)["params"])
                 continue
             answered += 1
             t_sent = sent.popleft() if sent else now
             if b'"result":true' in line:
                 self.ok += 1
+            elif b'"error":[21,' in line:  # sent on the previous tip's job before its notify arrived
+                self.stale += 1
             else:
                 self.err += 1
                 if not self.first_error:
@@ -160,7 +167,13 @@ class Miner(asyncio.Protocol):
             if msg.get("method") == "mining.notify":
                 job = msg["params"]
         del self.client.notes[notes_from:]
-        params = json.dumps([username, job[0], os.urandom(en2_size).hex(), job[7]], separators=(",", ":"))
+        self.username, self.extranonce2 = username, os.urandom(en2_size).hex()
+        self.follow(job)
+
+    def follow(self, job: list[Any]) -> None:
+        """Submit on this job from now on (a miner switches at each notify; new extranonce2 space not needed:
+        a new job has a new coinbase)."""
+        params = json.dumps([self.username, job[0], self.extranonce2, job[7]], separators=(",", ":"))
         self.prefix = b'"method":"mining.submit","params":' + params[:-1].encode() + b',"'
 
 
@@ -203,7 +216,7 @@ class Client:
         seconds, warm = float(cmd["seconds"]), float(cmd.get("warm", 0.5))
         self.counted, self.latencies = 0, []
         for m in self.miners:
-            m.ok = m.err = 0
+            m.ok = m.err = m.stale = 0
             m.first_error = b""
         rate = float(cmd.get("rate", 0))
         self.closed_loop = rate <= 0
@@ -243,6 +256,7 @@ class Client:
         return {
             "rate": self.counted / seconds, "p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99),
             "max": lat[-1] if lat else float("nan"), "ok": ok, "err": err,
+            "stale": sum(m.stale for m in self.miners),
             "first_error": first_error.decode(errors="replace"),
             "client_cpu": (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / seconds,
             "undrained": sum(len(m.sent) for m in self.miners), "lost": self.lost,

@@ -15,6 +15,8 @@ Sections (``--only`` picks some; all by default):
   difficulty) and accept path (``d=1e-10``: every share accepted and committed to the ledger before ``true``).
 * latency: open loop at a fixed submit rate (written on a 1 ms tick, timed from the write): 5,000/s over 1,000
   connections and 15,000/s over 100, reject and accept paths.
+* tipload: open loop 3,000 accepted submits/s over 1,000 connections, with a new tip every few seconds and
+  without: what template fetching, parsing and fan-out on the serving loop do to reply latency.
 * hold: N logged-in idle connections (RSS delta / N, the echo server's beside it), then new tips through the
   node's ``benchnewtip`` (ZMQ hashblock + long poll): wall time from the announcement to the first and the last
   miner holding a ``mining.notify`` with the new prevhash; the baseline broadcasts a same-size line itself.
@@ -24,7 +26,7 @@ Sections (``--only`` picks some; all by default):
 
 At mainnet difficulty no share is a block (checked: ``submitblock`` never called). ``--quick`` finishes in
 about a minute; the full run takes a few minutes. Usage: ``python bench/stratum_load.py [--quick] [--only
-throughput,latency,hold,compare,profile] [--seconds 3] [--hold 1000,5000,10000]``.
+throughput,latency,tipload,hold,compare,profile] [--seconds 3] [--hold 1000,5000,10000,19500]``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from mainnet_node import MainnetNode  # noqa: E402
 POOL_ADDRESS = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"  # a well-known mainnet P2WPKH address
 ACCEPT_D, REJECT_D = 1e-10, 1e6
 TICK = os.sysconf("SC_CLK_TCK")
-SECTIONS = ("throughput", "latency", "hold", "compare", "profile")
+SECTIONS = ("throughput", "latency", "tipload", "hold", "compare", "profile")
 
 
 # ---- processes -------------------------------------------------------------------------------------------------
@@ -400,6 +402,38 @@ def latency(ctx: dict[str, Any], args: argparse.Namespace) -> None:
             ctx.setdefault("table", []).append((f"latency {name} {rate}/s K={k}", r))
 
 
+def tipload(ctx: dict[str, Any], args: argparse.Namespace) -> None:
+    """Reply latency under steady load with and without new tips arriving (template fetch, parse, fan-out)."""
+    node, problems = ctx["node"], ctx["problems"]
+    rate, k, seconds, every = 3000, 1000, args.tipload_seconds, args.tip_every
+    print(f"\n== tipload: open loop {rate:,}/s over {k:,} connections, accept path, {seconds:g} s windows; a new tip "
+          f"every {every:g} s vs none (miners switch to each new job; shares sent on the old one are stale)")
+    print(f"  {'':<22}{'replies/s':>10}{'p50 ms':>8}{'p99 ms':>9}{'max ms':>9}{'stale':>7}{'tips':>6}{'pool':>7}"
+          f"{'loop':>6}")
+    pool = Pool(node, ctx["tmp"], "tipload")
+    try:
+        for tips_on in (False, True):
+            miners = Miners(pool.port, k, ACCEPT_D)
+            try:
+                cpu = Cpu({"pool": (pool.pid, None), "loop": (pool.pid, pool.pid)})
+                miners.send(cmd="run", seconds=seconds, rate=rate, warm=0.5)
+                start, tips = time.monotonic(), 0
+                while tips_on and time.monotonic() - start + every < seconds + 0.5:
+                    time.sleep(every)
+                    node.new_tip()
+                    tips += 1
+                r = miners.read()
+                usage = cpu.done()
+            finally:
+                miners.stop()
+            check(r, True, problems, f"tipload tips={tips_on}")
+            print(f"  {'with tips' if tips_on else 'no tips':<22}{r['rate']:>10,.0f}{r['p50'] * 1e3:>8.2f}"
+                  f"{r['p99'] * 1e3:>9.2f}{r['max'] * 1e3:>9.1f}{r['stale']:>7}{tips:>6}{usage['pool']:>7.0%}"
+                  f"{usage['loop']:>6.0%}")
+    finally:
+        pool.stop()
+
+
 def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
     node, problems = ctx["node"], ctx["problems"]
     limit = raise_nofile()
@@ -596,6 +630,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", help="throughput: connection counts (default 100,1000; quick 100,1000)")
     p.add_argument("--hold", help="hold: connection counts (default 1000,5000,10000,19500; quick 1000,5000)")
     p.add_argument("--tips", type=int, help="hold: new tips per size (default 3; quick 1)")
+    p.add_argument("--tipload-seconds", type=float, help="tipload: window (default 20; quick 6)")
+    p.add_argument("--tip-every", type=float, help="tipload: seconds between new tips (default 5; quick 2)")
     p.add_argument("--client-procs", type=int, default=1, help="hold: load-generator processes (default 1)")
     p.add_argument("--profile-out", help="profile: keep the cProfile stats in this file")
     p.add_argument("--pool-child", metavar="CONFIG", help=argparse.SUPPRESS)
@@ -610,6 +646,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.connections = [int(x) for x in (args.connections or "100,1000").split(",")]
     args.hold = [int(x) for x in (args.hold or ("1000,5000" if q else "1000,5000,10000,19500")).split(",")]
     args.tips = args.tips or (1 if q else 3)
+    args.tipload_seconds = args.tipload_seconds or (6.0 if q else 20.0)
+    args.tip_every = args.tip_every or (2.0 if q else 5.0)
     args.latency = [(5000, 1000), (15000, 100)]
     args.compare_inflight = [1] if q else [1, 8]
     if not 0 < args.seconds <= 60 or not 1 <= args.inflight <= 100:
