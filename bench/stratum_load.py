@@ -25,7 +25,7 @@ Sections (``--only`` picks some; all by default):
 * profile: cProfile of the pool's event-loop thread over an accept window (``--profile-out`` keeps the stats).
 
 At mainnet difficulty no share is a block (checked: ``submitblock`` never called). ``--quick`` finishes in
-about a minute; the full run takes a few minutes. Usage: ``python bench/stratum_load.py [--quick] [--only
+about 70 s; the full run takes about four minutes. Usage: ``python bench/stratum_load.py [--quick] [--only
 throughput,latency,tipload,hold,compare,profile] [--seconds 3] [--hold 1000,5000,10000,19500]``.
 """
 
