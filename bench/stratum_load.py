@@ -623,7 +623,7 @@ def profile(ctx: dict[str, Any], args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="short windows and smaller sizes (about a minute)")
+    p.add_argument("--quick", action="store_true", help="short windows and smaller sizes (about 70 s)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}")
     p.add_argument("--seconds", type=float, help="timed window per measurement (default 3; quick 1.5)")
     p.add_argument("--inflight", type=int, default=1, help="throughput: submits in flight per connection")
