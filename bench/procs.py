@@ -42,66 +42,122 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def tree(pid: int) -> list[int]:
+    """The process and its descendants (a multi-process pool's front-ends count as the pool)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of the process and its live descendants (a child that exits inside a window drops out of the sum)."""
+    total = 0.0
+    for p in tree(pid):
+        seconds = cpu_seconds(p)
+        if seconds == seconds:  # NaN: it exited meanwhile
+            total += seconds
+    return total
+
+
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Resident memory of the process and its descendants (shared pages of forked children count twice)."""
+    return sum(_rss(p) for p in tree(pid))
+
+
+def _rss(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
 
 
 class Cpu:
-    """CPU of several processes over a window of wall time."""
+    """CPU of several processes over a window of wall time: ``(pid, None)`` is the process with its descendants
+    (all threads), ``(pid, tid)`` one thread."""
 
     def __init__(self, pids: dict[str, tuple[int, int | None]]) -> None:
         self.pids = pids
         self.t0 = time.monotonic()
-        self.c0 = {k: cpu_seconds(*v) for k, v in pids.items()}
+        self.c0 = {k: self._read(*v) for k, v in pids.items()}
+
+    @staticmethod
+    def _read(pid: int, tid: int | None) -> float:
+        return tree_cpu_seconds(pid) if tid is None else cpu_seconds(pid, tid)
 
     def done(self) -> dict[str, float]:
         dt = time.monotonic() - self.t0
-        return {k: (cpu_seconds(*v) - self.c0[k]) / dt for k, v in self.pids.items()}
+        return {k: (self._read(*v) - self.c0[k]) / dt for k, v in self.pids.items()}
+
+
+def to_toml(settings: dict[str, dict[str, Any]]) -> str:
+    """Top-level keys (section "") and one table per section; values are str, bool, int or float."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return json.dumps(str(v))  # a TOML basic string is a JSON string for these values
+
+    lines = [f"{k} = {value(v)}" for k, v in settings.get("", {}).items()]
+    for section, table in settings.items():
+        if section:
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {value(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` from the command line: a number, true/false, or else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise ValueError(f"--set wants section.key=value, got {text!r}")
+    if raw in ("true", "false"):
+        return key, raw == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(raw)
+        except ValueError:
+            pass
+    return key, raw
 
 
 class Pool:
     """``pool run --config`` in a child process (uvloop, as operators run it), pointed at a mainnet-like node."""
 
     def __init__(self, node: MainnetNode, tmp: Path, name: str, profile: Path | None = None,
-                 cache_fees: bool = False) -> None:
+                 cache_fees: bool = False, overrides: dict[str, Any] | None = None) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         info = node.info
         config = self.dir / "pool.toml"
-        config.write_text(f"""data_dir = "{self.dir / 'data'}"
-[node]
-rpc_url = "{info['rpc_url']}"
-rpc_user = "{info['user']}"
-rpc_password = "{info['password']}"
-network = "main"
-zmq_hashblock = "{info['zmq']}"
-refresh_interval = 110
-[stratum]
-host = "127.0.0.1"
-port = 0
-pool_tag = "/pool-bench/"
-submit_rate = 1000000.0
-submit_burst = 10000000.0
-invalid_share_limit = 1000000
-connect_rate_per_ip = 1000000.0
-connect_burst_per_ip = 10000000.0
-max_connections_per_ip = 10000000
-[difficulty]
-start = 1.0
-min = 1e-12
-max = 1e18
-[payout]
-scheme = "pplns"
-pool_address = "{POOL_ADDRESS}"
-[metrics]
-enabled = false
-[logging]
-level = "warning"
-format = "json"
-""")
+        settings: dict[str, dict[str, Any]] = {
+            "": {"data_dir": str(self.dir / "data")},
+            "node": {"rpc_url": info["rpc_url"], "rpc_user": info["user"], "rpc_password": info["password"],
+                     "network": "main", "zmq_hashblock": info["zmq"], "refresh_interval": 110},
+            "stratum": {"host": "127.0.0.1", "port": 0, "pool_tag": "/pool-bench/", "submit_rate": 1e6,
+                        "submit_burst": 1e7, "invalid_share_limit": 1_000_000, "connect_rate_per_ip": 1e6,
+                        "connect_burst_per_ip": 1e7, "max_connections_per_ip": 10_000_000},
+            "difficulty": {"start": 1.0, "min": 1e-12, "max": 1e18},
+            "payout": {"scheme": "pplns", "pool_address": POOL_ADDRESS},
+            "metrics": {"enabled": False},
+            "logging": {"level": "warning", "format": "json"},
+        }
+        for key, value in (overrides or {}).items():
+            section, _, name = key.rpartition(".")
+            settings.setdefault(section, {})[name] = value
+        config.write_text(to_toml(settings))
         env = dict(os.environ)
         if profile is not None:
             env["STRATUM_LOAD_PROFILE"] = str(profile)

@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE))
 
 from loadgen import raise_nofile  # noqa: E402
 from mainnet_node import MainnetNode  # noqa: E402
-from procs import Cpu, Echo, Fleet, Miners, Pool, rss_bytes  # noqa: E402
+from procs import Cpu, Echo, Fleet, Miners, Pool, parse_override, rss_bytes  # noqa: E402
 
 ACCEPT_D, REJECT_D = 1e-10, 1e6
 SECTIONS = ("throughput", "latency", "tipload", "hold", "compare", "profile")
@@ -148,7 +148,7 @@ def tipload(ctx: dict[str, Any], args: argparse.Namespace) -> None:
           f"every {every:g} s vs none (miners switch to each new job; shares sent on the old one are stale)")
     print(f"  {'':<22}{'replies/s':>10}{'p50 ms':>8}{'p99 ms':>9}{'max ms':>9}{'stale':>7}{'tips':>6}{'pool':>7}"
           f"{'loop':>6}")
-    pool = Pool(node, ctx["tmp"], "tipload")
+    pool = Pool(node, ctx["tmp"], "tipload", overrides=args.overrides)
     try:
         for tips_on in (False, True):
             miners = Miners(pool.port, k, ACCEPT_D)
@@ -175,8 +175,8 @@ def tipload(ctx: dict[str, Any], args: argparse.Namespace) -> None:
 def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
     node, problems = ctx["node"], ctx["problems"]
     limit = raise_nofile()
-    print(f"\n== hold: logged-in idle connections, RSS per connection, new tip -> miners notified "
-          f"(open-files limit {limit}; {args.tips} tip(s) per size; {args.client_procs} client process(es))")
+    print(f"\n== hold: idle connections (connected only; logged in), RSS per connection, new tip -> miners "
+          f"notified (open-files limit {limit}; {args.tips} tip(s) per size; {args.client_procs} client process(es))")
     print(f"  {'':<28}{'conns':>7}{'RSS delta':>11}{'per conn':>10}{'first ms':>10}{'last ms':>9}{'notified':>10}")
     for n in args.hold:
         if n > limit - 200:
@@ -206,7 +206,22 @@ def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         finally:
             miners.stop()
             echo.stop()
-        pool = Pool(node, ctx["tmp"], f"hold-{n}")
+        # Connected, never subscribed (before the pool's subscribe timeout): what an idle socket costs the pool.
+        pool = Pool(node, ctx["tmp"], f"bare-{n}", overrides=args.overrides)
+        try:
+            time.sleep(0.5)
+            rss0 = rss_bytes(pool.pid)
+            bare = Fleet(pool.port, n, None, args.client_procs)
+            try:
+                time.sleep(1.0)
+                rss1 = rss_bytes(pool.pid)
+                print(f"  {'pool, connected only':<28}{n:>7}{(rss1 - rss0) / 1e6:>9.1f}MB"
+                      f"{(rss1 - rss0) / n / 1e3:>8.1f}KB")
+            finally:
+                bare.stop()
+        finally:
+            pool.stop()
+        pool = Pool(node, ctx["tmp"], f"hold-{n}", overrides=args.overrides)
         try:
             time.sleep(0.5)
             rss0 = rss_bytes(pool.pid)
@@ -245,7 +260,7 @@ def compare(ctx: dict[str, Any], args: argparse.Namespace) -> None:
     empty_node = MainnetNode(empty=True)
     empty_node.start()
     try:
-        empty_pool = Pool(empty_node, ctx["tmp"], "empty")
+        empty_pool = Pool(empty_node, ctx["tmp"], "empty", overrides=args.overrides)
         try:
             for inflight in args.compare_inflight:
                 full = window(ctx["pool"].port, ctx["pool"].pid, 100, ACCEPT_D, args.seconds, inflight,
@@ -258,7 +273,7 @@ def compare(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                     check(r, True, ctx["problems"], f"compare inflight={inflight}")
                     print(f"    {name}: loop thread {r['loop'] / r['rate'] * 1e6:.0f} us/share, other threads "
                           f"(ledger writer) {(r['server'] - r['loop']) / r['rate'] * 1e6:.0f} us/share")
-            cached_pool = Pool(ctx["node"], ctx["tmp"], "cached-fees", cache_fees=True)
+            cached_pool = Pool(ctx["node"], ctx["tmp"], "cached-fees", cache_fees=True, overrides=args.overrides)
             try:
                 cached = window(cached_pool.port, cached_pool.pid, 100, ACCEPT_D, args.seconds, 1, node=ctx["node"])
             finally:
@@ -289,8 +304,9 @@ STAGES = (  # (label, substrings of "file:function" whose cumulative time is the
 )
 
 
-def _profile_once(node: MainnetNode, tmp: Path, name: str, seconds: float, out: Path) -> tuple[dict[str, Any], Any]:
-    pool = Pool(node, tmp, name, profile=out)
+def _profile_once(node: MainnetNode, tmp: Path, name: str, seconds: float, out: Path,
+                  overrides: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    pool = Pool(node, tmp, name, profile=out, overrides=overrides)
     try:
         def on_window(phase: str) -> None:
             pool.signal(signal.SIGUSR1 if phase == "start" else signal.SIGUSR2)
@@ -323,12 +339,12 @@ def profile(ctx: dict[str, Any], args: argparse.Namespace) -> None:
     out = Path(args.profile_out) if args.profile_out else ctx["tmp"] / "pool.prof"
     print(f"\n== profile: pool loop thread under cProfile, accept path, 100 connections, 1 in flight, "
           f"{args.seconds:g} s (cProfile slows Python code ~2-5x, generators most: read the shares)")
-    r_full, s_full = _profile_once(ctx["node"], ctx["tmp"], "profile-full", args.seconds, out)
+    r_full, s_full = _profile_once(ctx["node"], ctx["tmp"], "profile-full", args.seconds, out, args.overrides)
     empty_node = MainnetNode(empty=True)
     empty_node.start()
     try:
         r_empty, s_empty = _profile_once(empty_node, ctx["tmp"], "profile-empty", args.seconds,
-                                         ctx["tmp"] / "pool-empty.prof")
+                                         ctx["tmp"] / "pool-empty.prof", args.overrides)
     finally:
         empty_node.stop()
     (t_full, st_full), (t_empty, st_empty) = _stage_times(s_full), _stage_times(s_empty)
@@ -370,6 +386,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tips", type=int, help="hold: new tips per size (default 3; quick 1)")
     p.add_argument("--tipload-seconds", type=float, help="tipload: window (default 20; quick 6)")
     p.add_argument("--tip-every", type=float, help="tipload: seconds between new tips (default 5; quick 2)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra pool setting for every pool started (repeatable), e.g. stratum.processes=2")
     p.add_argument("--client-procs", type=int, default=1, help="hold: load-generator processes (default 1)")
     p.add_argument("--profile-out", help="profile: keep the cProfile stats in this file")
     args = p.parse_args(argv)
@@ -384,6 +402,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.tipload_seconds = args.tipload_seconds or (6.0 if q else 20.0)
     args.tip_every = args.tip_every or (2.0 if q else 5.0)
     args.latency = [(5000, 1000), (15000, 100)]
+    try:
+        args.overrides = dict(parse_override(x) for x in args.set)
+    except ValueError as exc:
+        p.error(str(exc))
     args.compare_inflight = [1] if q else [1, 8]
     if not 0 < args.seconds <= 60 or not 1 <= args.inflight <= 100:
         p.error("--seconds must be in (0, 60] and --inflight in [1, 100]")
@@ -404,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
               f" {os.cpu_count()} CPUs; 100% CPU = one core")
         ctx["echo"] = Echo()
         if {"throughput", "latency", "compare"} & set(args.only):
-            ctx["pool"] = Pool(node, tmp, "main")
+            ctx["pool"] = Pool(node, tmp, "main", overrides=args.overrides)
         for name in args.only:
             globals()[name](ctx, args)
         stats = node.call("benchstats")
@@ -414,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # a process that did not start (the pool's own message is in it)
+        print(f"stratum load: {exc}", file=sys.stderr)
+        return 2
     finally:
         if "pool" in ctx:
             ctx["pool"].stop()
