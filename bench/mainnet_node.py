@@ -2,9 +2,9 @@
 
 Why: the regtest bitcoind gives the pool an empty template at a difficulty where every other hash is a block,
 which hides what a real template costs (a 2.3 MB ``getblocktemplate`` answer to fetch and parse, an 11-level
-merkle branch, fee totals over 1,551 transactions) and makes share checks end in ``submitblock``. This node
+merkle branch, fee totals over 1,556 transactions) and makes share checks end in ``submitblock``. This node
 serves a template built from real mainnet block 413567 (the block Bitcoin Core's own benchmarks use; it ships
-in the py-bitcoinkernel sdist that ``scripts/build-bitcoind.sh`` builds bitcoind from): all 1,551 transactions
+in the py-bitcoinkernel sdist that ``scripts/build-bitcoind.sh`` builds bitcoind from): all 1,556 transactions
 with their txid, wtxid and data, the block's mainnet ``bits``, fees that add up to the block's real fee total
 (split over the transactions by weight: the block has no prevouts to derive each one), and a
 ``default_witness_commitment`` computed from the wtxids the way bitcoind does (the pool checks it).
