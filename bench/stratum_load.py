@@ -25,7 +25,7 @@ Sections (``--only`` picks some; all by default):
 * profile: cProfile of the pool's event-loop thread over an accept window (``--profile-out`` keeps the stats).
 
 At mainnet difficulty no share is a block (checked: ``submitblock`` never called). ``--quick`` finishes in
-about 70 s; the full run takes about four minutes. Usage: ``python bench/stratum_load.py [--quick] [--only
+in under 90 s; the full run takes about four minutes. Usage: ``python bench/stratum_load.py [--quick] [--only
 throughput,latency,tipload,hold,compare,profile] [--seconds 3] [--hold 1000,5000,10000,19500]``.
 """
 
@@ -377,7 +377,7 @@ def profile(ctx: dict[str, Any], args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="short windows and smaller sizes (about 70 s)")
+    p.add_argument("--quick", action="store_true", help="short windows and smaller sizes (under 90 s)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}")
     p.add_argument("--seconds", type=float, help="timed window per measurement (default 3; quick 1.5)")
     p.add_argument("--inflight", type=int, default=1, help="throughput: submits in flight per connection")
