@@ -19,7 +19,7 @@ from pool.config import Config
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
 from pool.mining.jobs import BlockTemplate, Job, JobBook, PreparedTemplate, make_job
-from pool.mining.shares import Accepted, ShareResult, check_submission
+from pool.mining.shares import Accepted, Reject, ShareResult, check_submission
 from pool.mining.stats import PoolStats
 from pool.mining.workers import Worker
 from pool.node.blocks import BlockSubmitter, FoundBlock
@@ -60,6 +60,10 @@ class Coordinator:
         self._prepared_at = 0.0
         self._block_writes: set[asyncio.Task[None]] = set()
         self._late_blocks: OrderedDict[bytes, None] = OrderedDict()
+        # Per-share counters resolved once: a labels() lookup per share is measurable on the hot path.
+        self._accepted_count = metrics.shares.labels("accepted")
+        self._rejected_count = metrics.shares.labels("rejected")
+        self._reject_counts = {reason: metrics.share_rejects.labels(reason.value) for reason in Reject}
 
     # ---- work ----------------------------------------------------------------------------------------------
 
@@ -156,15 +160,15 @@ class Coordinator:
             worker.address,
         )
         if isinstance(result, Accepted):
-            self.metrics.shares.labels("accepted").inc()
+            self._accepted_count.inc()
             self.metrics.accepted_difficulty.inc(result.difficulty)
             self.stats.accepted(worker.address, worker.name, result.difficulty, now)
             committed = self.ledger.record_share(self.share_record(result, worker))
             if result.is_block:
                 self._block_found(result, worker)
             return result, committed
-        self.metrics.shares.labels("rejected").inc()
-        self.metrics.share_rejects.labels(result.reason.value).inc()
+        self._rejected_count.inc()
+        self._reject_counts[result.reason].inc()
         self.stats.rejected(worker.address, worker.name)
         if result.block is not None and result.block.block_hash not in self._late_blocks:
             # Each one took block-level work; remembered so a replay is not sent again.
