@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from pool.mining.jobs import BlockTemplate, TemplateError, parse_template
 from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
+from pool.ops.supervise import Supervisor
 
 log = structlog.get_logger("pool.node.work")
 
@@ -51,20 +52,30 @@ class TemplateSource:
         self._reason = reason
         self._wake.set()
 
-    async def run(self) -> None:
-        tasks = [asyncio.create_task(self._refresh_loop(), name="template-refresh")]
+    def loops(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The source's loops by task name, each to run under its own supervision.
+
+        They are separate tasks on purpose: under one ``gather`` a failing ZMQ loop cancelled the refresh and
+        the long poll with it, and the pool served its first template forever.
+        """
+        loops: dict[str, Callable[[], Awaitable[None]]] = {"template-refresh": self._refresh_loop}
         if self._longpoll:
-            tasks.append(asyncio.create_task(self._longpoll_loop(), name="template-longpoll"))
+            loops["template-longpoll"] = self._longpoll_loop
         if self._zmq_endpoint:
-            tasks.append(asyncio.create_task(self._zmq_loop(), name="template-zmq"))
+            loops["template-zmq"] = self._zmq_loop
+        return loops
+
+    async def run(self, supervisor: Supervisor | None = None) -> None:
+        """Run every loop supervised until cancelled (a failing loop restarts alone)."""
+        own = supervisor is None
+        sup = supervisor or Supervisor()
+        for name, factory in self.loops().items():
+            sup.start(name, factory)
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.Event().wait()
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if own:
+                await sup.stop()
 
     def _set_health(self, healthy: bool) -> None:
         if healthy != self.healthy:
@@ -149,9 +160,9 @@ class TemplateSource:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"hashblock")
-        sock.connect(self._zmq_endpoint)
-        log.info("zmq_subscribed", endpoint=self._zmq_endpoint)
         try:
+            sock.connect(self._zmq_endpoint)
+            log.info("zmq_subscribed", endpoint=self._zmq_endpoint)
             while True:
                 parts = await sock.recv_multipart()
                 if parts and parts[0] == b"hashblock":
