@@ -178,8 +178,6 @@ class PoolApp:
 
     def _on_block_outcome(self, outcome: SubmitOutcome) -> None:
         """bitcoind answered about a block (its status in the ledger is then kept true by the maturity tracker)."""
-        if outcome.result == "unsent":
-            return  # stopped before any answer: still pending in the ledger and on disk
         self.metrics.blocks.labels("accepted" if outcome.accepted else "rejected").inc()
         if outcome.confirmed:
             self.metrics.blocks.labels("confirmed").inc()

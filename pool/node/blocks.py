@@ -58,7 +58,7 @@ class SubmitOutcome:
     block: FoundBlock
     accepted: bool
     confirmed: bool
-    result: str  # "accepted", "duplicate", "inconclusive", a rejection reason, or "unsent" (stopped first)
+    result: str  # "accepted", "duplicate", "inconclusive", or bitcoind's rejection reason
     attempts: int  # submitblock calls made to the node that answered (1: first try)
     sent_seconds: float | None = None  # share → first submitblock request sent
     resolved_seconds: float | None = None  # share → definite answer

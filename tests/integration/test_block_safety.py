@@ -23,7 +23,7 @@ from pool.app import PoolApp
 from pool.ledger.book import REJECTED
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
 from pool.node.regtest import free_port
-from pool.node.rpc import NodeClient, RpcCredentials
+from pool.node.rpc import NodeClient, NodeUnavailable, RpcCredentials
 from tests.conftest import pool_config, start_node
 from tests.support.chain import arpc, connect_miner, mine_block_on, wait_tip, wait_until
 from tests.support.payout_check import mine_share
@@ -149,12 +149,23 @@ async def test_rejected_block_in_the_chain_gets_its_credits_back(regtest, tmp_pa
         await app.stop()
 
 
+async def start_unpeered_node(path: Path, bitcoind_dir: Path) -> object:
+    """A node of its own; one more try when a port picked free was taken meanwhile (other test processes)."""
+    for attempt in (1, 2):
+        try:
+            return await asyncio.to_thread(start_node, path / str(attempt), bitcoind_dir)
+        except NodeUnavailable as exc:
+            if attempt == 2 or "Unable to bind" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
 async def test_every_configured_node_receives_the_block(tmp_path: Path, bitcoind_dir: Path):
-    node_a = await asyncio.to_thread(start_node, tmp_path / "a", bitcoind_dir)
+    node_a = await start_unpeered_node(tmp_path / "a", bitcoind_dir)
     node_b = None
     clients: list[NodeClient] = []
     try:
-        node_b = await asyncio.to_thread(start_node, tmp_path / "b", bitcoind_dir)  # not peered with node_a
+        node_b = await start_unpeered_node(tmp_path / "b", bitcoind_dir)  # not peered with node_a
         address = await arpc(node_a, "getnewaddress", wallet="pool")
         block = await arpc(node_a, "generateblock", address, [], False)  # built, not submitted
         dead = RpcCredentials(f"http://127.0.0.1:{free_port()}", "pool", "x")
