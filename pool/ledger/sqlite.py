@@ -178,14 +178,14 @@ class Ledger:
                     entries.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-        for _, future, loop in entries:
-            if future is not None and loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, future, None, failed)
-        if self.on_failure is not None:
+        if self.on_failure is not None:  # first: by the time a miner hears "error", the pool is marked
             try:
                 self.on_failure(exc)
             except Exception as hook_error:  # the hook must not hide the original failure
                 log.error("ledger_failure_hook_failed", error=str(hook_error))
+        for _, future, loop in entries:
+            if future is not None and loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, future, None, failed)
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:

@@ -7,7 +7,6 @@ or unreachable it backs off and retries; miners keep the work they already have 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -114,8 +113,16 @@ class TemplateSource:
             else:
                 timeout = backoff
                 backoff = min(backoff * 2, 10.0)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await self._sleep_or_wake(timeout)
+
+    async def _sleep_or_wake(self, timeout: float) -> None:
+        """Wait for ``trigger`` or ``timeout``. Not ``asyncio.wait_for``: on Python 3.11 it drops a cancellation
+        that arrives as the event is set, and the refresh loop then outlived shutdown."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
 
     async def _longpoll_loop(self) -> None:
         backoff = 0.5

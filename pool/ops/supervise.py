@@ -105,11 +105,24 @@ class Supervisor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
-    async def stop(self) -> None:
-        """Cancel every task and wait for them to finish."""
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Cancel every task and wait for them to finish.
+
+        A cancellation can be lost (Python 3.11's ``asyncio.wait_for`` returns the result instead when the
+        awaited thing completes at the same moment), so a task still running is cancelled again, until
+        ``timeout``; one that still refuses is logged and left behind rather than hanging shutdown.
+        """
         tasks = [s.task for s in self.tasks.values() if s.task is not None]
+        deadline = time.monotonic() + timeout
+        running = [t for t in tasks if not t.done()]
+        while running and time.monotonic() < deadline:
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running, timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            running = [t for t in running if not t.done()]
+        for task in running:
+            log.error("task_ignored_cancel", task=task.get_name())
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()

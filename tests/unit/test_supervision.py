@@ -180,3 +180,42 @@ async def test_failing_commit_hook_does_not_fail_committed_shares(ledger: Ledger
     with pytest.raises(LedgerFailed):
         await asyncio.wait_for(ledger.record_share(share(2)), 5)
     assert ledger.query("SELECT COUNT(*) FROM shares")[0][0] == 1
+
+
+async def test_stop_cancels_again_when_a_cancellation_was_lost():
+    """Python 3.11's wait_for can swallow a cancel: shutdown must not hang on such a task."""
+    swallowed = [0]
+
+    async def loses_one_cancel() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed[0]:
+                    raise
+                swallowed[0] += 1
+
+    sup = Supervisor()
+    state = sup.start("loses-one-cancel", loses_one_cancel)
+    await asyncio.sleep(0)
+    await asyncio.wait_for(sup.stop(timeout=5), 5)
+    assert swallowed[0] == 1 and state.task.cancelled()
+
+
+async def test_stop_is_bounded_for_a_task_that_never_yields_to_cancel():
+    async def immortal() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue
+
+    sup = Supervisor()
+    state = sup.start("immortal", immortal)
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await asyncio.wait_for(sup.stop(timeout=0.3), 5)
+    assert time.monotonic() - started < 3
+    assert not state.task.done()
+    state.task.cancel()  # let the test's loop close: this one stays stubborn, so drop it
+    state.task.get_coro().close()
