@@ -185,7 +185,9 @@ class PoolApp:
             self.metrics.block_submit_resolved_seconds.observe(outcome.resolved_seconds)
         if self.ledger is not None and not outcome.accepted:
             # Re-checked against the chain by the maturity tracker: credits come back if it is in the chain.
-            self.ledger.set_block_status(outcome.block.block_hash, REJECTED)
+            done = self.ledger.set_block_status(outcome.block.block_hash, REJECTED)
+            done.add_done_callback(lambda f: f.cancelled() or f.exception() is None or log.error(
+                "block_status_not_recorded", block_hash=outcome.block.block_hash, error=str(f.exception())))
         if self.source is not None:
             self.source.trigger("block-found")
 
