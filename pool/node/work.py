@@ -14,7 +14,6 @@ import structlog
 
 from pool.mining.jobs import BlockTemplate, TemplateError, parse_template
 from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
-from pool.ops.supervise import Supervisor
 
 log = structlog.get_logger("pool.node.work")
 
@@ -54,8 +53,9 @@ class TemplateSource:
     def loops(self) -> dict[str, Callable[[], Awaitable[None]]]:
         """The source's loops by task name, each to run under its own supervision.
 
-        They are separate tasks on purpose: under one ``gather`` a failing ZMQ loop cancelled the refresh and
-        the long poll with it, and the pool served its first template forever.
+        They are separate tasks on purpose (the pool runs each under ``pool.ops.supervise``): under one
+        ``gather`` a failing ZMQ loop cancelled the refresh and the long poll with it, and the pool served its
+        first template forever.
         """
         loops: dict[str, Callable[[], Awaitable[None]]] = {"template-refresh": self._refresh_loop}
         if self._longpoll:
@@ -63,18 +63,6 @@ class TemplateSource:
         if self._zmq_endpoint:
             loops["template-zmq"] = self._zmq_loop
         return loops
-
-    async def run(self, supervisor: Supervisor | None = None) -> None:
-        """Run every loop supervised until cancelled (a failing loop restarts alone)."""
-        own = supervisor is None
-        sup = supervisor or Supervisor()
-        for name, factory in self.loops().items():
-            sup.start(name, factory)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            if own:
-                await sup.stop()
 
     def _set_health(self, healthy: bool) -> None:
         if healthy != self.healthy:

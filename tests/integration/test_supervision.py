@@ -117,10 +117,19 @@ async def test_refused_zmq_endpoint_does_not_stop_template_updates(regtest, tmp_
         await app.stop()
 
 
-async def test_maturity_loop_survives_database_locked(regtest, tmp_path: Path):
-    config = await asyncio.to_thread(pool_config, regtest, tmp_path / "pool",
-                                     payout={"maturity_check_interval": 0.1})
-    app = PoolApp(config)
+LOOPS = {
+    # task: (payout settings that make it run often, SQL only that loop reads)
+    "maturity": ({"maturity_check_interval": 0.1}, "FROM blocks WHERE status"),
+    "payments": ({"payments_enabled": True, "payment_interval": 0.1, "wallet": "pool"},
+                 "FROM payments WHERE status='sending' GROUP BY batch"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(LOOPS))
+async def test_loop_survives_database_locked(regtest, tmp_path: Path, task: str):
+    """One "database is locked" used to end the maturity or payment loop for good, silently."""
+    payout, marker = LOOPS[task]
+    app = PoolApp(await asyncio.to_thread(pool_config, regtest, tmp_path / "pool", payout=payout))
     app.supervisor.initial_backoff = 1.0
     await app.start()
     try:
@@ -128,20 +137,20 @@ async def test_maturity_loop_survives_database_locked(regtest, tmp_path: Path):
         calls = {"locked": 0, "ok": 0}
 
         def flaky_query(sql: str, params: tuple = ()) -> list:
-            if "FROM blocks WHERE status" in sql and calls["locked"] < 2:
-                calls["locked"] += 1
-                raise sqlite3.OperationalError("database is locked")
-            if "FROM blocks WHERE status" in sql:
+            if marker in sql:
+                if calls["locked"] < 2:
+                    calls["locked"] += 1
+                    raise sqlite3.OperationalError("database is locked")
                 calls["ok"] += 1
             return real_query(sql, params)
 
         app.ledger.query = flaky_query  # type: ignore[method-assign]
-        await wait_until(lambda: calls["locked"] >= 1, 10, what="maturity loop hitting the lock")
+        await wait_until(lambda: calls["locked"] >= 1, 10, what=f"{task} loop hitting the lock")
         status, body = await readyz(app)
-        assert status == 503 and any("maturity" in p and "database is locked" in p for p in body["problems"]), body
-        await wait_until(lambda: calls["ok"] >= 3, 20, what="maturity loop running again")
-        assert sample(app, "pool_task_failures_total", task="maturity") == 2
-        await wait_until(lambda: not app.supervisor.down(), 10, what="maturity task up again")
+        assert status == 503 and any(task in p and "database is locked" in p for p in body["problems"]), body
+        await wait_until(lambda: calls["ok"] >= 3, 20, what=f"{task} loop running again")
+        assert sample(app, "pool_task_failures_total", task=task) == 2
+        await wait_until(lambda: not app.supervisor.down(), 10, what=f"{task} task up again")
         status, body = await readyz(app)
         assert status == 200, body
     finally:
