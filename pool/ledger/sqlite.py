@@ -156,12 +156,14 @@ class Ledger:
                     batch.append(entry)
                 start = time.monotonic()
                 results = self._commit(conn, batch)
-                for (_, future, loop), (value, error) in zip(batch, results, strict=True):
-                    if future is not None and loop is not None and not loop.is_closed():
-                        loop.call_soon_threadsafe(_resolve, future, value, error)
-                in_hand = []
-                if self.on_commit is not None:
-                    self.on_commit(len(batch), time.monotonic() - start)
+                try:
+                    if self.on_commit is not None:
+                        self.on_commit(len(batch), time.monotonic() - start)
+                finally:  # committed or not is known now: answered truly even if the hook fails
+                    for (_, future, loop), (value, error) in zip(batch, results, strict=True):
+                        if future is not None and loop is not None and not loop.is_closed():
+                            loop.call_soon_threadsafe(_resolve, future, value, error)
+                    in_hand = []
             conn.close()
         except BaseException as exc:  # the thread is dying: nobody may wait on it forever
             self._die(exc, in_hand)
