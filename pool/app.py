@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
@@ -16,12 +15,13 @@ from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
 from pool.ledger.sqlite import Ledger
 from pool.mining.jobs import BlockTemplate
-from pool.node.blocks import BlockSubmitter, SubmitOutcome
+from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
 from pool.node.payouts import MaturityTracker, PaymentProcessor
 from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
 from pool.node.work import TemplateSource
 from pool.ops.http import HttpApi
+from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.server import StratumServer
@@ -47,8 +47,9 @@ class PoolApp:
         self.maturity: MaturityTracker | None = None
         self.payments: PaymentProcessor | None = None
         self.wallet: NodeClient | None = None
+        self.submit_clients: list[NodeClient] = []
         self.started_at = time.time()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor(on_failure=self._on_task_failure)
         self._stopped = asyncio.Event()
 
     async def _start_managed_node(self) -> RpcCredentials:
@@ -77,7 +78,9 @@ class PoolApp:
             nc = cfg.node
             creds = RpcCredentials(nc.rpc_url, nc.rpc_user, nc.rpc_password, nc.rpc_cookie_file)
             zmq = nc.zmq_hashblock
-        self.client = NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc)
+        stale = self.metrics.rpc_stale_retries.labels
+        self.client = NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc,
+                                 on_stale=lambda m: stale(m).inc())
         info = await self.client.wait_ready(
             time.monotonic() + 120, on_wait=lambda e: log.warning("waiting_for_bitcoind", error=e)
         )
@@ -88,7 +91,22 @@ class PoolApp:
         pc = cfg.payout
         self.ledger = Ledger(cfg.ledger_file, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
         self.ledger.on_commit = self._on_commit
-        self.submitter = BlockSubmitter(self.client, Path(cfg.data_dir) / "blocks", self._on_block_outcome)
+        self.ledger.on_failure = lambda exc: self._on_task_failure("ledger-writer", exc)
+        # Block submission has connections and a thread of its own: never behind template or payment RPC.
+        # One client per node (a list, so more nodes can be added); each gets every block.
+        self.submit_clients = [
+            NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc, workers=1, name="rpc-submit",
+                       on_stale=lambda m: stale(m).inc())
+        ]
+        self.submitter = BlockSubmitter(
+            self.submit_clients, Path(cfg.data_dir) / "blocks", self._on_block_outcome,
+            retry=RetryPolicy(min(0.2, cfg.node.submit_retry_max_delay), cfg.node.submit_retry_max_delay),
+            on_sent=self._on_block_sent,
+            on_write_failed=lambda block, exc: self.metrics.block_file_write_failures.inc(),
+        )
+        self.metrics.blocks_unresolved.set_function(lambda: len(self.submitter.unresolved()) if self.submitter else 0)
+        self.metrics.block_oldest_unresolved_seconds.set_function(
+            lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         self.server = StratumServer(cfg, self.coordinator, self.metrics)
         self.source = TemplateSource(
@@ -99,25 +117,32 @@ class PoolApp:
             zmq_endpoint=zmq,
             on_health=lambda up: self.metrics.bitcoind_up.set(1 if up else 0),
         )
-        await self.submitter.resubmit_pending()
+        self.submitter.resubmit_pending()
         await self.source.fetch("start")
         await self.server.start()
         if cfg.metrics_enabled or cfg.admin.port is not None:
             self.http = HttpApi(self)
             await self.http.start()
-        self._tasks.append(asyncio.create_task(self.source.run(), name="template-source"))
-        self._tasks.append(asyncio.create_task(self._age_loop(), name="template-age"))
-        self._tasks.append(asyncio.create_task(self._loop_lag(), name="loop-lag"))
+        sup = self.supervisor
+        for name, loop_fn in self.source.loops().items():
+            sup.start(name, loop_fn)
+        sup.start("template-age", self._age_loop, required=False)
+        sup.start("loop-lag", self._loop_lag, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
-                                        on_change=self._on_block_status)
-        self._tasks.append(asyncio.create_task(self.maturity.run(), name="maturity"))
+                                        on_change=self._on_block_status, in_flight=self.submitter.unresolved)
+        sup.start("maturity", self.maturity.run)
         if pc.payments_enabled:
             wallet_url = creds.url.rstrip("/") + (f"/wallet/{pc.wallet}" if pc.wallet else "")
             wallet_creds = RpcCredentials(wallet_url, creds.user, creds.password, creds.cookie_file)
-            self.wallet = NodeClient(wallet_creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc)
+            self.wallet = NodeClient(wallet_creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc,
+                                     on_stale=lambda m: stale(m).inc())
             self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
                                              pc.payment_grace)
-            self._tasks.append(asyncio.create_task(self.payments.run(), name="payments"))
+            sup.start("payments", self.payments.run)
+
+    def _on_task_failure(self, task: str, error: BaseException | None) -> None:
+        """Supervisor and ledger hook (any thread): every background failure is counted by task."""
+        self.metrics.task_failures.labels(task).inc()
 
     def _on_commit(self, size: int, seconds: float) -> None:
         self.metrics.ledger_batch_size.observe(size)
@@ -138,15 +163,22 @@ class PoolApp:
         (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason,
                                              miners=sent, txs=len(template.transactions))
 
-    def _on_block_outcome(self, outcome: SubmitOutcome) -> None:
-        stage = "accepted" if outcome.accepted else "rejected"
+    def _on_block_sent(self, block: FoundBlock, seconds: float) -> None:
         self.metrics.blocks.labels("submitted").inc()
-        self.metrics.blocks.labels(stage).inc()
+        self.metrics.share_to_submit_seconds.observe(max(0.0, seconds))
+
+    def _on_block_outcome(self, outcome: SubmitOutcome) -> None:
+        """bitcoind answered about a block (its status in the ledger is then kept true by the maturity tracker)."""
+        self.metrics.blocks.labels("accepted" if outcome.accepted else "rejected").inc()
         if outcome.confirmed:
             self.metrics.blocks.labels("confirmed").inc()
-        self.metrics.share_to_submit_seconds.observe(max(0.0, time.time() - outcome.block.found_at))
+        if outcome.resolved_seconds is not None:
+            self.metrics.block_submit_resolved_seconds.observe(outcome.resolved_seconds)
         if self.ledger is not None and not outcome.accepted:
-            self.ledger.set_block_status(outcome.block.block_hash, REJECTED)
+            # Re-checked against the chain by the maturity tracker: credits come back if it is in the chain.
+            done = self.ledger.set_block_status(outcome.block.block_hash, REJECTED)
+            done.add_done_callback(lambda f: f.cancelled() or f.exception() is None or log.error(
+                "block_status_not_recorded", block_hash=outcome.block.block_hash, error=str(f.exception())))
         if self.source is not None:
             self.source.trigger("block-found")
 
@@ -201,7 +233,9 @@ class PoolApp:
         return int(rows[0][0]) if rows else 0
 
     def readiness_problems(self) -> list[str]:
-        problems = []
+        problems = list(self.supervisor.down())
+        if self.ledger is not None and self.ledger.failure is not None:
+            problems.append(f"ledger writer stopped ({self.ledger.failure!r}): shares cannot be recorded")
         if self.source is None or not self.source.healthy:
             problems.append("bitcoind unreachable or giving no templates")
         if self.source is not None and self.source.fetched_at:
@@ -280,11 +314,7 @@ class PoolApp:
         self._stopped.set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.supervisor.stop()
         if self.http is not None:
             await self.http.close()
         if self.server is not None:
@@ -297,6 +327,8 @@ class PoolApp:
             self.ledger.close()
         if self.client is not None:
             self.client.close()
+        for client in self.submit_clients:
+            client.close()
         if self.wallet is not None:
             self.wallet.close()
         if self.node is not None:

@@ -35,6 +35,7 @@ class NodeConfig:
     zmq_hashblock: str = ""
     longpoll: bool = True
     refresh_interval: float = 30.0
+    submit_retry_max_delay: float = 5.0  # cap of the backoff between submitblock attempts to an unreachable node
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +200,25 @@ class _Reader:
             raise ConfigError(f"unknown setting(s): {unknown} (see config/example.toml)")
 
 
+def _check_zmq_endpoint(key: str, endpoint: str) -> None:
+    """``tcp://HOST:PORT`` or ``ipc://PATH``, checked here: libzmq's own refusal comes only at run time."""
+    scheme, sep, rest = endpoint.partition("://")
+    hint = "must be tcp://HOST:PORT or ipc://PATH (bitcoind's -zmqpubhashblock)"
+    if not sep or scheme not in ("tcp", "ipc"):
+        raise ConfigError(f"{key} {hint}, got {endpoint!r}")
+    if scheme == "ipc":
+        if not rest:
+            raise ConfigError(f"{key} needs a path after ipc://, got {endpoint!r}")
+        return
+    host, colon, port = rest.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # IPv6 literal
+    if not colon or not host or "/" in rest:
+        raise ConfigError(f"{key} {hint}: host and port are both required, got {endpoint!r}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key} port must be 1-65535, got {endpoint!r}")
+
+
 def _section(raw: dict[str, Any], name: str) -> _Reader:
     return _Reader(raw.pop(name, {}), name)
 
@@ -218,12 +238,13 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         zmq_hashblock=n.string("zmq_hashblock", ""),
         longpoll=n.boolean("longpoll", True),
         refresh_interval=n.number("refresh_interval", 30.0, 1, 110),
+        submit_retry_max_delay=n.number("submit_retry_max_delay", 5.0, 0.2, 60),
     )
     n.done()
     if not node.rpc_url.startswith(("http://", "https://")):
         raise ConfigError(f"node.rpc_url must start with http:// or https://, got {node.rpc_url!r}")
-    if node.zmq_hashblock and not node.zmq_hashblock.startswith(("tcp://", "ipc://")):
-        raise ConfigError(f"node.zmq_hashblock must be a tcp:// or ipc:// endpoint, got {node.zmq_hashblock!r}")
+    if node.zmq_hashblock:
+        _check_zmq_endpoint("node.zmq_hashblock", node.zmq_hashblock)
 
     s = _section(raw, "stratum")
     mask_text = s.string("version_mask", "1fffe000")

@@ -33,8 +33,8 @@ def bitcoind_dir() -> Path:
     return _bitcoind_dir()
 
 
-def start_node(tmp_path: Path, bin_dir: Path) -> RegtestNode:
-    node = RegtestNode(tmp_path, bin_dir)
+def start_node(tmp_path: Path, bin_dir: Path, extra_args: tuple[str, ...] = ()) -> RegtestNode:
+    node = RegtestNode(tmp_path, bin_dir, extra_args=extra_args)
     node.start()
     node.ensure_wallet("pool")
     return node

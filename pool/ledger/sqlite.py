@@ -28,6 +28,8 @@ import structlog
 from pool.ledger import book, rollup
 from pool.ledger.book import AuditEntry
 
+log = structlog.get_logger("pool.ledger")
+
 Op = Callable[[sqlite3.Connection], Any]
 log = structlog.get_logger("pool.ledger")
 
@@ -61,6 +63,10 @@ class BlockRecord:
     fee: int | None = None  # SOLO: the fee output the coinbase really carries (None: the policy's share)
 
 
+class LedgerFailed(Exception):
+    """The ledger's writer thread is gone: nothing can be recorded until the pool restarts."""
+
+
 class Ledger:
     """SQLite ledger with a single writer thread doing group commits."""
 
@@ -82,12 +88,15 @@ class Ledger:
         finally:
             conn.close()
         self._stopped = False
+        self._state = threading.Lock()  # orders submit() against the writer's death (no share slips past it)
+        self.failure: BaseException | None = None  # set when the writer thread died; every write then fails
         self.on_commit: Callable[[int, float], None] | None = None
         # The network difficulty of the newest share recorded: the current PPLNS window for the roll-up.
         self.network_difficulty = 0.0
         self.keep_seconds = keep_seconds
         self._rollup_interval = rollup_interval
         self._stop_rollup = threading.Event()
+        self.on_failure: Callable[[BaseException], None] | None = None
         self._thread = threading.Thread(target=self._writer, name="ledger-writer", daemon=True)
         self._thread.start()
         self._rollup_thread: threading.Thread | None = None
@@ -121,10 +130,13 @@ class Ledger:
         """Run ``op`` in the writer's next transaction; the future gets its result after the commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if self._stopped:
-            future.set_exception(RuntimeError("ledger is closed"))
-            return future
-        self._queue.put((op, future, loop))
+        with self._state:
+            if self.failure is not None:
+                future.set_exception(LedgerFailed(f"ledger writer stopped: {self.failure!r}"))
+            elif self._stopped:
+                future.set_exception(RuntimeError("ledger is closed"))
+            else:
+                self._queue.put((op, future, loop))
         return future
 
     def run_sync(self, op: Op) -> Any:
@@ -143,31 +155,59 @@ class Ledger:
             conn.close()
 
     def _writer(self) -> None:
-        conn = self._connect()
-        while True:
-            first = self._queue.get()
-            if first[0] is None:
-                break
-            batch = [first]
-            deadline = time.monotonic() + self._max_wait
-            while len(batch) < self._max_batch:
-                remaining = deadline - time.monotonic()
+        in_hand: list[Any] = []  # entries taken off the queue and not answered yet
+        try:
+            conn = self._connect()
+            while True:
+                first = self._queue.get()
+                if first[0] is None:
+                    break
+                in_hand = batch = [first]
+                deadline = time.monotonic() + self._max_wait
+                while len(batch) < self._max_batch:
+                    remaining = deadline - time.monotonic()
+                    try:
+                        entry = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if entry[0] is None:
+                        self._queue.put(entry)
+                        break
+                    batch.append(entry)
+                start = time.monotonic()
+                results = self._commit(conn, batch)
                 try:
-                    entry = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    if self.on_commit is not None:
+                        self.on_commit(len(batch), time.monotonic() - start)
+                finally:  # committed or not is known now: answered truly even if the hook fails
+                    for (_, future, loop), (value, error) in zip(batch, results, strict=True):
+                        if future is not None and loop is not None and not loop.is_closed():
+                            loop.call_soon_threadsafe(_resolve, future, value, error)
+                    in_hand = []
+            conn.close()
+        except BaseException as exc:  # the thread is dying: nobody may wait on it forever
+            self._die(exc, in_hand)
+
+    def _die(self, exc: BaseException, in_hand: list[Any]) -> None:
+        """Fail every write in hand, queued or still to come, so each share is answered (error 20, not true)."""
+        log.critical("ledger_writer_died", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        failed = LedgerFailed(f"ledger writer stopped: {exc!r}")
+        with self._state:
+            self.failure = exc
+            entries = list(in_hand)
+            while True:
+                try:
+                    entries.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if entry[0] is None:
-                    self._queue.put(entry)
-                    break
-                batch.append(entry)
-            start = time.monotonic()
-            results = self._commit(conn, batch)
-            if self.on_commit is not None:
-                self.on_commit(len(batch), time.monotonic() - start)
-            for (_, future, loop), (value, error) in zip(batch, results, strict=True):
-                if future is not None and loop is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(_resolve, future, value, error)
-        conn.close()
+        if self.on_failure is not None:  # first: by the time a miner hears "error", the pool is marked
+            try:
+                self.on_failure(exc)
+            except Exception as hook_error:  # the hook must not hide the original failure
+                log.error("ledger_failure_hook_failed", error=str(hook_error))
+        for _, future, loop in entries:
+            if future is not None and loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, future, None, failed)
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:

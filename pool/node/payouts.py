@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from decimal import Decimal
 
 import structlog
 
 from pool.ledger import book
-from pool.ledger.book import CONFIRMED, ORPHANED, PENDING
+from pool.ledger.book import CONFIRMED, ORPHANED, PENDING, REJECTED
 from pool.ledger.sqlite import Ledger
 from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
 
@@ -38,13 +39,22 @@ def classify(confirmations: int, required: int) -> str:
 
 
 class MaturityTracker:
+    """Decides every block's ledger status from the chain.
+
+    Besides maturing and orphaning, it re-checks blocks marked ``rejected`` (bitcoind said no, or the pool
+    gave up on an answer in an older version): a rejected block that is in the best chain after all is moved
+    back to pending/confirmed and its credits are restored. Blocks the submitter is still sending are left
+    alone until bitcoind has answered about them.
+    """
+
     def __init__(self, client: NodeClient, ledger: Ledger, margin: int, interval: float,
-                 on_change: object = None) -> None:
+                 on_change: object = None, in_flight: Callable[[], set[str]] | None = None) -> None:
         self._client = client
         self._ledger = ledger
         self.required = COINBASE_MATURITY + margin
         self._interval = interval
         self._on_change = on_change
+        self._in_flight = in_flight
 
     async def check_once(self) -> list[tuple[str, str]]:
         """One pass over unfinished blocks; returns the (hash, new status) changes made."""
@@ -52,11 +62,14 @@ class MaturityTracker:
         rows = await loop.run_in_executor(
             None,
             self._ledger.query,
-            "SELECT block_hash, status FROM blocks WHERE status IN ('pending', 'orphaned', 'confirmed')"
+            "SELECT block_hash, status FROM blocks WHERE status IN ('pending', 'orphaned', 'confirmed', 'rejected')"
             " ORDER BY height DESC LIMIT 2000",
         )
+        skip = self._in_flight() if self._in_flight is not None else set()
         changes = []
         for block_hash, status in rows:
+            if block_hash in skip:
+                continue
             try:
                 header = await self._client.call("getblockheader", block_hash)
                 confirmations = int(header.get("confirmations", -1))
@@ -68,13 +81,21 @@ class MaturityTracker:
             new = classify(confirmations, self.required)
             if status == CONFIRMED and new == PENDING:
                 new = CONFIRMED  # maturity is never taken back except by a reorg
+            if status == REJECTED and new == ORPHANED:
+                new = REJECTED  # still not in the chain: it stays rejected (and is looked at again)
             changed = await self._ledger.set_block_status(block_hash, new, confirmations)
             if changed:
                 changes.append((block_hash, new))
-                log.info("block_status", block_hash=block_hash, status=new, confirmations=confirmations)
+                if status == REJECTED:
+                    log.warning("rejected_block_in_chain", block_hash=block_hash, status=new,
+                                confirmations=confirmations, note="credits restored")
+                else:
+                    log.info("block_status", block_hash=block_hash, status=new, confirmations=confirmations)
         return changes
 
     async def run(self) -> None:
+        """Check forever; node trouble is a warning, anything else ends the run for the supervisor to log,
+        count and restart (``sqlite3.OperationalError: database is locked`` used to end it for good)."""
         while True:
             try:
                 changes = await self.check_once()
@@ -164,6 +185,8 @@ class PaymentProcessor:
         return str(txid)
 
     async def run(self) -> None:
+        """Pay forever; node trouble is a warning, anything else ends the run for the supervisor to log,
+        count and restart."""
         while True:
             try:
                 await self.pay_once()

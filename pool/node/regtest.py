@@ -54,8 +54,10 @@ def free_port() -> int:
 class RegtestNode:
     """Start, stop and talk to one regtest bitcoind (synchronously; tests and the CLI call it off-loop)."""
 
-    def __init__(self, datadir: Path, bin_dir: Path | None = None, rpc_port: int = 0, zmq_port: int = 0) -> None:
+    def __init__(self, datadir: Path, bin_dir: Path | None = None, rpc_port: int = 0, zmq_port: int = 0,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.datadir = Path(datadir)
+        self.extra_args = tuple(extra_args)  # e.g. ("-rpcservertimeout=1",) for tests
         self.bin_dir = bin_dir or find_bitcoind_dir()
         self.rpc_port = rpc_port or free_port()
         self.p2p_port = free_port()
@@ -102,6 +104,7 @@ class RegtestNode:
             "-rpcworkqueue=256",
             "-maxmempool=300",
             "-acceptnonstdtxn=1",
+            *self.extra_args,
         ]
         log = open(self.datadir / "bitcoind.stdout", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

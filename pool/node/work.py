@@ -7,9 +7,8 @@ or unreachable it backs off and retries; miners keep the work they already have 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -51,20 +50,19 @@ class TemplateSource:
         self._reason = reason
         self._wake.set()
 
-    async def run(self) -> None:
-        tasks = [asyncio.create_task(self._refresh_loop(), name="template-refresh")]
+    def loops(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The source's loops by task name, each to run under its own supervision.
+
+        They are separate tasks on purpose (the pool runs each under ``pool.ops.supervise``): under one
+        ``gather`` a failing ZMQ loop cancelled the refresh and the long poll with it, and the pool served its
+        first template forever.
+        """
+        loops: dict[str, Callable[[], Awaitable[None]]] = {"template-refresh": self._refresh_loop}
         if self._longpoll:
-            tasks.append(asyncio.create_task(self._longpoll_loop(), name="template-longpoll"))
+            loops["template-longpoll"] = self._longpoll_loop
         if self._zmq_endpoint:
-            tasks.append(asyncio.create_task(self._zmq_loop(), name="template-zmq"))
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            loops["template-zmq"] = self._zmq_loop
+        return loops
 
     def _set_health(self, healthy: bool) -> None:
         if healthy != self.healthy:
@@ -103,8 +101,16 @@ class TemplateSource:
             else:
                 timeout = backoff
                 backoff = min(backoff * 2, 10.0)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await self._sleep_or_wake(timeout)
+
+    async def _sleep_or_wake(self, timeout: float) -> None:
+        """Wait for ``trigger`` or ``timeout``. Not ``asyncio.wait_for``: on Python 3.11 it drops a cancellation
+        that arrives as the event is set, and the refresh loop then outlived shutdown."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
 
     async def _longpoll_loop(self) -> None:
         backoff = 0.5
@@ -149,9 +155,9 @@ class TemplateSource:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"hashblock")
-        sock.connect(self._zmq_endpoint)
-        log.info("zmq_subscribed", endpoint=self._zmq_endpoint)
         try:
+            sock.connect(self._zmq_endpoint)
+            log.info("zmq_subscribed", endpoint=self._zmq_endpoint)
             while True:
                 parts = await sock.recv_multipart()
                 if parts and parts[0] == b"hashblock":

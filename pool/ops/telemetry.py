@@ -73,8 +73,33 @@ class Metrics:
         )
         self.share_to_submit_seconds = Histogram(
             "pool_block_share_to_submit_seconds",
-            "Time from a block-solving share to submitblock returning",
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            "Time from a block-solving share to its submitblock request sent to bitcoind (first node)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.block_submit_resolved_seconds = Histogram(
+            "pool_block_submit_resolved_seconds",
+            "Time from a block-solving share to a definite answer from bitcoind (accepted or rejected)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.blocks_unresolved = Gauge(
+            "pool_blocks_unresolved", "Found blocks still waiting for a definite answer from bitcoind", registry=r
+        )
+        self.block_oldest_unresolved_seconds = Gauge(
+            "pool_block_oldest_unresolved_seconds",
+            "Age of the oldest found block without a definite answer from bitcoind (0 when none)",
+            registry=r,
+        )
+        self.block_file_write_failures = Counter(
+            "pool_block_file_write_failures_total",
+            "Found blocks whose .pending file could not be written (disk full, I/O error); submission went on",
+            registry=r,
+        )
+        self.task_failures = Counter(
+            "pool_task_failures_total",
+            "Background task failures (each logged with its traceback; the task restarts with backoff)",
+            ["task"],
             registry=r,
         )
         self.template_age_seconds = Gauge("pool_template_age_seconds", "Age of the current template", registry=r)
@@ -104,6 +129,12 @@ class Metrics:
             "pool_bitcoind_rpc_seconds", "bitcoind RPC latency by method", ["method"], registry=r
         )
         self.rpc_errors = Counter("pool_bitcoind_rpc_errors_total", "bitcoind RPC errors", ["method", "kind"], registry=r)
+        self.rpc_stale_retries = Counter(
+            "pool_bitcoind_rpc_stale_retries_total",
+            "RPC calls retried at once on a fresh connection after bitcoind had closed the idle keep-alive one",
+            ["method"],
+            registry=r,
+        )
         self.ledger_batch_size = Histogram(
             "pool_ledger_batch_size", "Writes per ledger commit", buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 2000),
             registry=r,

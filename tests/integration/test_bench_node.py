@@ -80,7 +80,7 @@ async def test_tip_switch_reaches_the_pool(node: MainnetNode, via: str) -> None:
 
     source = TemplateSource(client, on_template, refresh_interval=110, longpoll=via == "longpoll",
                             zmq_endpoint=node.info["zmq"] if via == "zmq" else "")
-    task = asyncio.create_task(source.run())
+    tasks = [asyncio.create_task(loop_fn(), name=name) for name, loop_fn in source.loops().items()]
     try:
         await asyncio.wait_for(got.wait(), 10)
         first = seen[-1][0]
@@ -96,7 +96,9 @@ async def test_tip_switch_reaches_the_pool(node: MainnetNode, via: str) -> None:
         header = await client.call("getblockheader", tip["hash"])
         assert header["height"] == first.height
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with pytest.raises(asyncio.CancelledError):
+                await task
         client.close()

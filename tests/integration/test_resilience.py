@@ -34,7 +34,8 @@ async def test_bitcoind_restart_mid_run(fresh_regtest, tmp_path: Path):
         # ---- outage -----------------------------------------------------------------------------------------
         await asyncio.to_thread(node.stop)
         await asyncio.sleep(3)
-        assert all(not t.done() for t in app._tasks), [t for t in app._tasks if t.done()]
+        assert all(not s.task.done() for s in app.supervisor.tasks.values()), app.supervisor.tasks
+        assert not [s for s in app.supervisor.tasks.values() if s.failures], app.supervisor.tasks
 
         # Stratum still accepts a new miner, answers subscribe and hands out the last work it had.
         late = await connect_miner(app.server.port, user.replace(".w1", ".w2"))

@@ -278,3 +278,20 @@ def test_output_budget_per_connection() -> None:
         assert "stratum.max_pending_output_bytes" in error_for(minimal(stratum={"max_pending_output_bytes": bad}))
     if EXAMPLE.is_file():
         assert tomllib.loads(EXAMPLE.read_text())["stratum"]["max_pending_output_bytes"] == 1 << 20
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["tcp://127.0.0.1", "tcp://127.0.0.1:", "tcp://:28332", "tcp://127.0.0.1:0", "tcp://127.0.0.1:70000",
+     "tcp://127.0.0.1:port", "tcp://127.0.0.1:28332/x", "ipc://", "udp://127.0.0.1:28332", "tcp:/127.0.0.1:1"],
+)
+def test_zmq_endpoint_needs_host_and_port(endpoint: str) -> None:
+    """libzmq refuses these only when the pool connects: caught at start-up instead, naming the key."""
+    assert "node.zmq_hashblock" in error_for(minimal(node={"zmq_hashblock": endpoint}))
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://127.0.0.1:28332", "tcp://bitcoind:28332", "tcp://[::1]:28332", "ipc:///run/bitcoind/zmq"]
+)
+def test_zmq_endpoint_accepted(endpoint: str) -> None:
+    assert parse_config(minimal(node={"zmq_hashblock": endpoint}), env={}).node.zmq_hashblock == endpoint
