@@ -126,6 +126,7 @@ class PoolApp:
         sup = self.supervisor
         for name, loop_fn in self.source.loops().items():
             sup.start(name, loop_fn)
+        sup.start("stratum-housekeeping", self.server.housekeeping)
         sup.start("template-age", self._age_loop, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,

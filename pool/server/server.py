@@ -153,7 +153,6 @@ class StratumServer:
         self._per_ip: CountMap[str] = CountMap()
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
         self.tls: TlsListener | None = None  # Stratum over TLS, beside the plain listener
         self.port = 0
         self.tls_port = 0
@@ -166,7 +165,6 @@ class StratumServer:
         if sc.tls_port is not None:
             self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
             self.tls_port = await self.tls.start(lambda: Session(self), sc.host, sc.tls_port)
-        self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stratum-housekeeping")
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
 
@@ -175,10 +173,6 @@ class StratumServer:
         return self.tls.reload() if self.tls is not None else False
 
     async def close(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
         if self._server is not None:
             self._server.close()
         if self.tls is not None:
@@ -561,8 +555,9 @@ class StratumServer:
             states["authorized" if proto.workers else "subscribed" if proto.subscribed else "connected"] += 1
         return states
 
-    async def _housekeeping_loop(self) -> None:
-        """Every second: handshake deadlines. Every 5 s: idle deadlines, coalesced hints, lower difficulty for
+    async def housekeeping(self) -> None:
+        """Run for the server's lifetime under the app's supervisor (a crash restarts it, and /readyz shows it
+        down meanwhile): without it no deadline is enforced. Every second: handshake deadlines. Every 5 s: idle deadlines, coalesced hints, lower difficulty for
         miners that went quiet, and sessions counted by state for metrics."""
         tick = 0
         while True:

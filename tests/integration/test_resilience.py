@@ -89,3 +89,38 @@ async def test_health_reports_bitcoind_down_promptly(fresh_regtest, tmp_path: Pa
         await wait_until(lambda: app.source.healthy is True, 20, what="pool to notice bitcoind is back")
     finally:
         await app.stop()
+
+
+async def test_handshake_deadlines_close_silent_connections(regtest, tmp_path):
+    """One sweep enforces every connection's deadline (no timer per connection): a client that never subscribes,
+    and one that subscribes but never logs in, are closed with their reason, while a miner carries on."""
+    from pool.app import PoolApp
+
+    cfg = await asyncio.to_thread(pool_config, regtest, tmp_path / "pool",
+                                  stratum={"subscribe_timeout": 1, "authorize_timeout": 2})
+    app = PoolApp(cfg)
+    await app.start()
+    miner = None
+    try:
+        def closed(reason: str) -> float:
+            return app.metrics.registry.get_sample_value("pool_disconnects_total", {"reason": reason}) or 0.0
+
+        silent_r, silent_w = await asyncio.open_connection("127.0.0.1", app.server.port)
+        shy_r, shy_w = await asyncio.open_connection("127.0.0.1", app.server.port)
+        shy_w.write(b'{"id": 1, "method": "mining.subscribe", "params": []}\n')
+        await shy_w.drain()
+        assert b'"id":1' in await asyncio.wait_for(shy_r.readline(), 5)
+        miner = await connect_miner(app.server.port, f"{await arpc(regtest, 'getnewaddress', wallet='pool')}.w")
+        await wait_until(lambda: closed("subscribe-timeout") == 1, 5, what="the silent client to be closed")
+        assert await asyncio.wait_for(silent_r.read(), 5) == b""
+        await wait_until(lambda: closed("authorize-timeout") == 1, 5, what="the subscribed client to be closed")
+        assert await asyncio.wait_for(shy_r.read(), 5) == b""
+        reply, _ = await miner.mine_one()
+        assert reply.get("result") is True or reply["error"][0] == 21, reply
+        assert len(app.server.sessions) == 1
+        for w in (silent_w, shy_w):
+            w.close()
+    finally:
+        if miner is not None:
+            await miner.close()
+        await app.stop()
