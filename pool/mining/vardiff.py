@@ -29,11 +29,14 @@ class VardiffConfig:
 class Vardiff:
     """Difficulty state of one connection."""
 
+    __slots__ = ("config", "floor", "difficulty", "_shares", "_since", "_last_retarget", "fixed")
+
     def __init__(self, config: VardiffConfig, now: float, start: float | None = None) -> None:
         self.config = config
         self.floor = config.minimum
         self.difficulty = self.clamp(start if start is not None else config.start)
-        self._shares: deque[tuple[float, float]] = deque(maxlen=config.window_shares)
+        # Allocated at the first share: most of a pool's connections are idle at any moment.
+        self._shares: deque[tuple[float, float]] | None = None
         self._since = now
         self._last_retarget = now
         self.fixed = False
@@ -51,7 +54,7 @@ class Vardiff:
         """A miner's hint: adopted (within bounds) as the new starting point, not as a floor."""
         if not self.fixed:
             self.difficulty = self.clamp(difficulty)
-            self._shares.clear()
+            self._shares = None
             self._since = self._last_retarget = now
         return self.difficulty
 
@@ -63,11 +66,14 @@ class Vardiff:
 
     def record_share(self, difficulty: float, now: float) -> float | None:
         """Note an accepted share; return a new difficulty when a retarget is due, else None."""
-        self._shares.append((now, difficulty))
+        shares = self._shares
+        if shares is None:
+            shares = self._shares = deque(maxlen=self.config.window_shares)
+        shares.append((now, difficulty))
         if self.fixed:
             return None
         elapsed = now - self._since
-        count = len(self._shares)
+        count = len(shares)
         # Fast start: a miner far quicker than wanted gets raised right away.
         fast = count >= 4 and elapsed > 0 and elapsed < count * self.config.target_interval / 8
         if not fast and (now - self._last_retarget < self.config.retarget_seconds or count < 2):
@@ -84,21 +90,23 @@ class Vardiff:
         new = self.clamp(self.difficulty / 4)
         self._last_retarget = now
         self._since = now
-        self._shares.clear()
+        self._shares = None
         if new == self.difficulty:
             return None
         self.difficulty = new
         return new
 
     def _retarget(self, now: float) -> float | None:
-        if len(self._shares) == self._shares.maxlen:
+        shares = self._shares
+        assert shares is not None  # called right after a share was recorded
+        if len(shares) == shares.maxlen:
             # The window is full and older shares have fallen out: measure from the oldest share kept,
             # counting only the work done after it.
-            span = now - self._shares[0][0]
-            work = sum(d for _, d in list(self._shares)[1:])
+            span = now - shares[0][0]
+            work = sum(d for _, d in list(shares)[1:])
         else:
             span = now - self._since
-            work = sum(d for _, d in self._shares)
+            work = sum(d for _, d in shares)
         work_rate = work / max(span, 1e-3)  # difficulty-1 units per second
         ideal = work_rate * self.config.target_interval
         ratio = ideal / self.difficulty
@@ -107,7 +115,7 @@ class Vardiff:
             return None
         ratio = min(max(ratio, 1 / self.config.max_step), self.config.max_step)
         new = self.clamp(self.difficulty * ratio)
-        self._shares.clear()
+        self._shares = None
         self._since = now
         if new == self.difficulty:
             return None

@@ -55,6 +55,15 @@ MAX_SHARES_IN_FLIGHT = 256  # accepted shares awaiting their commit per connecti
 SHARE_NOT_RECORDED = Rejected(Reject.LEDGER_FAILED)
 
 
+def _inherited_socket_options(server: asyncio.AbstractServer) -> None:
+    """Keepalive finds half-open connections of miners that lost power; no-delay keeps notify fast. Set on the
+    listening sockets, whose options every accepted socket inherits (Linux), instead of per connection."""
+    for sock in getattr(server, "sockets", ()):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class Session(asyncio.Protocol):
     """One connection: the asyncio protocol around its sans-IO Stratum core.
 
@@ -66,7 +75,7 @@ class Session(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "id", "peer", "ip", "protocol", "vardiff", "connected", "last_activity", "worker",
-        "has_work", "errors", "log", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
+        "has_work", "errors", "_log", "agent", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
         "transactions", "finished", "paused",
     )
 
@@ -76,6 +85,20 @@ class Session(asyncio.Protocol):
         self.finished = False
         self.closing = False
         self.paused = False
+        self._log: Any = None
+        self.agent: str | None = None
+
+    @property
+    def log(self) -> Any:
+        """This connection's logger (session, peer, worker, agent), bound at first use: most connections
+        log nothing between authorize and close, and a bound logger costs memory per connection."""
+        if self._log is None:
+            worker = self.worker.full_name if getattr(self, "worker", None) is not None else None
+            context: dict[str, Any] = {"session": self.id, "peer": self.peer, "worker": worker}
+            if self.agent is not None:
+                context["agent"] = self.agent
+            self._log = log.bind(**context)
+        return self._log
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------------
 
@@ -162,9 +185,12 @@ class StratumServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Session(self), sc.host, sc.port, backlog=1024)
         self.port = int(self._server.sockets[0].getsockname()[1])
+        _inherited_socket_options(self._server)
         if sc.tls_port is not None:
             self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
             self.tls_port = await self.tls.start(lambda: Session(self), sc.host, sc.tls_port)
+            if self.tls.server is not None:
+                _inherited_socket_options(self.tls.server)
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
 
@@ -275,12 +301,6 @@ class StratumServer:
             self.metrics.disconnects.labels(refused).inc()
             transport.abort()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                # Keepalive finds half-open connections of miners that lost power; no-delay keeps notify fast.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._per_ip[ip] += 1
         extranonce1 = self._extranonces.allocate()
         sid = next(self._ids)
@@ -302,7 +322,6 @@ class StratumServer:
         session.worker = None
         session.has_work = False
         session.errors = 0
-        session.log = log.bind(session=sid, peer=session.peer, worker=None)  # worker is filled in at authorize
         session.transactions = TokenBucket(TRANSACTIONS_RATE, TRANSACTIONS_BURST, now)
         self.sessions[sid] = session
         self._handshaking[sid] = session
@@ -419,7 +438,8 @@ class StratumServer:
             self._answer_share(session, event, result, committed)
         elif isinstance(event, Subscribed):
             self.metrics.subscribes.inc()
-            session.log = session.log.bind(agent=event.user_agent)
+            session.agent = event.user_agent
+            session._log = None
             session.log.debug("subscribed", resumed=event.resumed_session)
             if proto.workers and not session.has_work:
                 self._send_work(session, fresh=False)
@@ -428,12 +448,13 @@ class StratumServer:
             if event.first:
                 self._handshaking.pop(session.id, None)
                 session.worker = event.worker
-                session.log = session.log.bind(worker=event.worker.full_name)
+                session._log = None  # the worker joins the log context
                 if event.worker.fixed_difficulty is not None:
                     proto.set_difficulty(session.vardiff.fix(event.worker.fixed_difficulty))
                 else:
                     proto.set_difficulty(session.vardiff.difficulty)
                 session.log.info("authorized")
+                session._log = None  # not kept: most sessions log nothing more, and a bound logger costs ~0.4 KB
                 proto.request_client_version()
             if proto.subscribed and not session.has_work:
                 self._send_work(session, fresh=False)

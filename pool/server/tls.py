@@ -64,7 +64,7 @@ class TlsListener:
         self.key = key
         self.metrics = metrics
         self._current = load_tls_context(cert, key)
-        self._server: asyncio.base_events.Server | None = None
+        self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
     async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int) -> int:
@@ -72,10 +72,10 @@ class TlsListener:
         # OpenSSL calls this for every ClientHello (with or without SNI): the handshake gets the current
         # context, so a reloaded certificate applies to new connections only.
         listening.sni_callback = self._select
-        self._server = await asyncio.get_running_loop().create_server(
+        self.server = await asyncio.get_running_loop().create_server(
             factory, host, port, ssl=listening, ssl_handshake_timeout=HANDSHAKE_TIMEOUT, backlog=1024
         )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self.port = int(self.server.sockets[0].getsockname()[1])
         return self.port
 
     def _select(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
@@ -96,10 +96,10 @@ class TlsListener:
         return True
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self.server is not None:
+            self.server.close()
 
     async def wait_closed(self) -> None:
-        if self._server is not None:
+        if self.server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                await asyncio.wait_for(self.server.wait_closed(), 5)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +56,8 @@ class LineTooLong(Exception):
 
 class LineFramer:
     """Splits a byte stream into lines; holds at most ``max_line`` bytes of an unfinished line."""
+
+    __slots__ = ("_buf", "_max")
 
     def __init__(self, max_line: int = 16 * 1024) -> None:
         self._buf = bytearray()
@@ -151,6 +153,15 @@ def _number(value: Any) -> float | None:
 class StratumProtocol:
     """One miner connection's protocol state machine."""
 
+    # Slots: one of these lives per connection, and an instance dict of ~30 attributes costs ~1.5 KB.
+    __slots__ = (
+        "config", "extranonce1", "_authorize", "_resume", "_backlog", "requested_mask", "client_version",
+        "_server_requests", "_next_server_request", "_framer", "_lines", "_line_at", "_out", "_queued", "deferred",
+        "_slots", "_over_budget", "_fatal", "closed", "subscribed", "user_agent", "workers", "version_mask",
+        "extranonce_subscribed", "minimum_difficulty", "difficulty", "_sent_difficulty", "_sent_jobs",
+        "_transactions_sent", "current_job",
+    )
+
     def __init__(self, config: ProtocolConfig, extranonce1: bytes, authorizer: Authorizer,
                  resumer: Resumer | None = None, backlog: Backlog | None = None) -> None:
         self.config = config
@@ -163,7 +174,8 @@ class StratumProtocol:
         self._server_requests: dict[int, str] = {}
         self._next_server_request = _SERVER_REQUEST_BASE
         self._framer = LineFramer(config.max_line)
-        self._lines: deque[bytes] = deque()
+        self._lines: list[bytes] = []  # complete lines not yet handled, from _line_at on (a list: small when idle)
+        self._line_at = 0
         self._out: list[bytes | Deferred] = []  # in request order; a Deferred holds back what follows it
         self._queued = 0  # bytes in _out
         self.deferred = 0  # replies reserved and not yet settled
@@ -191,7 +203,9 @@ class StratumProtocol:
         if self.closed or self._fatal or self.over_budget:
             return
         try:
-            self._lines.extend(self._framer.feed(data))
+            lines = self._framer.feed(data)
+            if lines:
+                self._lines.extend(lines)
         except LineTooLong as exc:
             self._fatal = str(exc)
 
@@ -200,13 +214,19 @@ class StratumProtocol:
 
         Returns None with lines left unprocessed once the output budget is exceeded (see ``over_budget``).
         """
-        while self._lines and not self.closed:
+        lines = self._lines
+        while self._line_at < len(lines) and not self.closed:
             if self.over_budget:
-                self._lines.clear()  # the connection is being dropped; nothing more is answered
+                lines.clear()  # the connection is being dropped; nothing more is answered
+                self._line_at = 0
                 return None
-            event = self._handle_line(self._lines.popleft())
+            line = lines[self._line_at]
+            self._line_at += 1
+            event = self._handle_line(line)
             if event is not None:
                 return event
+        lines.clear()
+        self._line_at = 0
         if self._fatal and not self.closed:
             reason, self._fatal = self._fatal, None
             self._send_error(None, ERR_OTHER, reason)

@@ -124,3 +124,17 @@ async def test_handshake_deadlines_close_silent_connections(regtest, tmp_path):
         if miner is not None:
             await miner.close()
         await app.stop()
+
+
+async def test_accepted_sockets_have_keepalive_and_no_delay(regtest, pool_app):
+    """Set once on the listening socket and inherited by every accepted one (no per-connection syscalls)."""
+    import socket
+
+    miner = await connect_miner(pool_app.server.port, f"{await arpc(regtest, 'getnewaddress', wallet='pool')}.ka")
+    try:
+        (session,) = pool_app.server.sessions.values()
+        sock = session.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        await miner.close()
