@@ -55,6 +55,10 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+
+from loadgen import percentile, run_loop  # noqa: E402  (shared with stratum_load)
+
 MODES = ("echo", "reject", "accept")
 SHARE_DIFFICULTY = 1e-10  # below regtest's network difficulty (~4.66e-10): every hash is a share
 ECHO_REPLY = b'{"id":0,"result":true,"error":null}\n'
@@ -66,21 +70,6 @@ GENERATE_CHUNK = 512  # more shares, when a connection runs out inside the windo
 
 def dsha(data: bytes) -> bytes:
     return hashlib.sha256(hashlib.sha256(data).digest()).digest()
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))]
-
-
-def run_loop(coro: Any) -> Any:
-    """uvloop, as ``pool run`` uses; the default loop if it is missing."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 # ---- client (runs in a child process so the pool keeps its own core) ---------------------------------------

@@ -16,7 +16,6 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from tests.support.arena import (
     ERR_OTHER,
     ERR_STALE,
     ERR_UNAUTHORIZED,
-    Arena,
     arena_on,
     error_code,
 )
@@ -40,12 +38,6 @@ from tests.support.firmware import FirmwareClient, solve_low
 pytestmark = pytest.mark.integration
 
 _code = error_code
-
-
-@pytest.fixture
-async def arena(regtest, tmp_path: Path) -> AsyncIterator[Arena]:
-    async with arena_on(regtest, tmp_path / "pool") as a:
-        yield a
 
 
 # ---- garbage, invalid JSON, wrong types --------------------------------------------------------------------

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,6 @@ from tests.support.chain import (
 pytestmark = pytest.mark.integration
 
 _code = error_code
-
-
-@pytest.fixture
-async def arena(regtest, tmp_path: Path) -> AsyncIterator[Arena]:
-    async with arena_on(regtest, tmp_path / "pool") as a:
-        yield a
 
 
 # ---- difficulty hint flood -------------------------------------------------------------------------------------
