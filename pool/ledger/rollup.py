@@ -38,14 +38,15 @@ def _first_id_from(conn: sqlite3.Connection, ts: float) -> int | None:
     if bounds[0] is None:
         return None
     lo, hi = int(bounds[0]), int(bounds[1]) + 1  # hi: "no row is that recent"
-    while lo < hi:
+    while lo < hi:  # over id values, not rows: a gap in ids must not stop the search from moving
         mid = (lo + hi) // 2
         row = conn.execute("SELECT id, ts FROM shares WHERE id>=? ORDER BY id LIMIT 1", (mid,)).fetchone()
         if row is None or row[1] >= ts:
-            hi = mid if row is None else row[0]
+            hi = mid
         else:
             lo = row[0] + 1
-    return lo
+    row = conn.execute("SELECT id FROM shares WHERE id>=? ORDER BY id LIMIT 1", (lo,)).fetchone()
+    return int(row[0]) if row is not None else lo
 
 
 def cutoff(conn: sqlite3.Connection, scheme: str, factor: float, network_difficulty: float,

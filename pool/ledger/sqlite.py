@@ -179,6 +179,8 @@ class Ledger:
                 try:
                     if self.on_commit is not None:
                         self.on_commit(len(batch), time.monotonic() - start)
+                except Exception as hook_error:  # a metrics hook must not stop the ledger
+                    log.error("ledger_commit_hook_failed", error=str(hook_error))
                 finally:  # committed or not is known now: answered truly even if the hook fails
                     for (_, future, loop), (value, error) in zip(batch, results, strict=True):
                         if future is not None and loop is not None and not loop.is_closed():

@@ -135,14 +135,16 @@ def first_in_window(conn: sqlite3.Connection, last_id: int, window: Fraction) ->
     edge = to_fraction(decode(row[0])) - window
     lo_row = conn.execute("SELECT id FROM shares ORDER BY id LIMIT 1").fetchone()
     lo, hi = int(lo_row[0]), last_id
+    # Search over id values, not rows: ids may have gaps (rows deleted by hand), and narrowing ``hi`` to a row
+    # found past a gap would stop the search from moving (a hang inside the ledger writer at a found block).
     while lo < hi:
         mid = (lo + hi) // 2
         rid, cum = conn.execute("SELECT id, cum FROM shares WHERE id>=? ORDER BY id LIMIT 1", (mid,)).fetchone()
         if to_fraction(decode(cum)) > edge:
-            hi = rid
+            hi = mid
         else:
             lo = rid + 1
-    return lo
+    return int(conn.execute("SELECT id FROM shares WHERE id>=? ORDER BY id LIMIT 1", (lo,)).fetchone()[0])
 
 
 def pplns_weights(conn: sqlite3.Connection, last_id: int, window: Fraction, direct_limit: int = DIRECT_LIMIT

@@ -221,6 +221,9 @@ class BlockSubmitter:
                     return _Answer(client, f"error {exc.code}: {exc.message}", False, attempts)
                 log.warning("submitblock_error", block_hash=block.block_hash, node=client.url, attempt=attempts,
                             error=str(exc))
+            except Exception as exc:  # whatever went wrong, the block is not answered for: keep trying
+                log.error("submitblock_unexpected_error", block_hash=block.block_hash, node=client.url,
+                          attempt=attempts, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             else:
                 result = "accepted" if reply is None else str(reply)
                 return _Answer(client, result, reply in ACCEPTED_RESULTS, attempts)

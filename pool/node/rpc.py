@@ -232,9 +232,16 @@ class NodeClient:
                     -401, "bitcoind refused the RPC credentials (check node.rpc_user/rpc_password or rpc_cookie_file)"
                 )
             raise NodeUnavailable(f"submitblock: non-JSON HTTP response {response.status} {response.reason}")
-        reply = json.loads(data)
+        try:
+            reply = json.loads(data)
+        except ValueError as exc:
+            raise NodeUnavailable(f"submitblock: unreadable answer: {exc}") from exc
+        if not isinstance(reply, dict):
+            raise NodeUnavailable(f"submitblock: unexpected answer {str(reply)[:100]!r}")
         error = reply.get("error")
         if error:
+            if not isinstance(error, dict):
+                raise NodeError(-1, str(error)[:200])
             raise NodeError(int(error.get("code", -1)), str(error.get("message", "")))
         return reply.get("result")
 

@@ -313,3 +313,32 @@ def test_exact_totals_round_trip():
             total = window.add(total, window.weight_of(v))
         assert window.to_fraction(window.decode(window.encode(total))) == sum((Fraction(v) for v in values),
                                                                               Fraction(0))
+
+
+@pytest.mark.parametrize("search", ["window", "rollup"])
+def test_binary_searches_survive_gaps_in_share_ids(search: str):
+    """An operator may delete rows by hand: the searches run over id values, so a gap cannot stall them (before,
+    ids {1, 2, 3, 10} made ``first_in_window`` loop forever inside the ledger writer, at a found block)."""
+    import signal
+
+    def stalled(signum, frame):  # noqa: ANN001
+        raise AssertionError("the search did not finish within 5 s")
+
+    conn = memory_ledger()
+    for i in range(10):
+        add_share(conn, ADDRESSES[0], WORKERS[0], 1.0, ts=1000.0 + i)
+    conn.execute("DELETE FROM shares WHERE id BETWEEN 4 AND 9")
+    previous = signal.signal(signal.SIGALRM, stalled)
+    signal.setitimer(signal.ITIMER_REAL, 5.0)
+    try:
+        if search == "window":
+            assert window.first_in_window(conn, 10, Fraction(2)) == 10  # only share 10 is newer than the edge
+            assert window.first_in_window(conn, 10, Fraction(9)) == 2  # cum(2) = 2 > 10 - 9
+            assert window.first_in_window(conn, 10, Fraction(100)) == 1
+        else:
+            assert rollup._first_id_from(conn, 1005.0) == 10  # the oldest row at or after ts 1005
+            assert rollup._first_id_from(conn, 1001.0) == 2
+            assert rollup._first_id_from(conn, 2000.0) == 11  # none that recent: past the newest id
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
