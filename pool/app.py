@@ -108,6 +108,7 @@ class PoolApp:
         self.metrics.block_oldest_unresolved_seconds.set_function(
             lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
+        await self.coordinator.replay_block_rows()
         self.server = StratumServer(cfg, self.coordinator, self.metrics)
         self.source = TemplateSource(
             self.client,

@@ -10,12 +10,14 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from pool.bitcoin.coinbase import TxOut
 from pool.config import Config
+from pool.ledger import journal
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
 from pool.mining.jobs import BlockTemplate, Job, JobBook, PreparedTemplate, make_job
@@ -59,6 +61,7 @@ class Coordinator:
         self.stats = PoolStats()
         self._prepared_at = 0.0
         self._block_writes: set[asyncio.Task[None]] = set()
+        self._journal_dir = Path(config.data_dir) / "blocks" / "rows"
         self._late_blocks: OrderedDict[bytes, None] = OrderedDict()
         # Per-share counters resolved once: a labels() lookup per share is measurable on the hot path.
         self._accepted_count = metrics.shares.labels("accepted")
@@ -231,27 +234,53 @@ class Coordinator:
             found_at=found.found_at,
             fee=job.fee if self.solo else None,
         )
-        task = asyncio.create_task(self._record_block(record), name=f"record-block-{block_hash[:16]}")
+        first = self.ledger.record_block(record)
+        task = asyncio.create_task(self._record_block(record, first), name=f"record-block-{block_hash[:16]}")
         self._block_writes.add(task)
         task.add_done_callback(self._block_writes.discard)
 
-    async def _record_block(self, record: BlockRecord) -> None:
+    async def _record_block(self, record: BlockRecord, first: asyncio.Future[Any]) -> None:
+        """The row was queued to the ledger at once (``first``: right behind the finding share, so the PPLNS
+        window ends at that share); meanwhile it is journaled on disk. It is retried until it lands, and the
+        journal entry goes when it has. A restart in between replays it (``replay_block_rows``)."""
+        journaled = asyncio.ensure_future(asyncio.to_thread(journal.write, self._journal_dir, record))
         delay, longest = RECORD_BLOCK_RETRY
         attempt = 0
+        pending: asyncio.Future[Any] | None = first
         while True:
             attempt += 1
             try:
-                await self.ledger.record_block(record)
-                return
+                await (pending if pending is not None else self.ledger.record_block(record))
+                break
             except Exception as exc:  # the block row must land: log, count and try again
                 self.metrics.ledger_block_write_failures.inc()
                 log.critical("block_record_failed", block_hash=record.block_hash, attempt=attempt, error=str(exc))
+            pending = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, longest)
+        try:
+            await journaled
+        except OSError as exc:  # a full disk; the row is in the ledger anyway
+            log.critical("block_row_journal_failed", block_hash=record.block_hash, error=str(exc))
+            return
+        try:
+            await asyncio.to_thread(journal.remove, self._journal_dir, record.block_hash)
+        except OSError as exc:  # harmless: the replay at the next start finds the row already there
+            log.warning("block_row_journal_not_removed", block_hash=record.block_hash, error=str(exc))
+
+    async def replay_block_rows(self) -> int:
+        """At start: rows of found blocks journaled but perhaps never written (a restart while the ledger
+        could not take them) go to the ledger now; returns how many were replayed."""
+        records = await asyncio.to_thread(journal.pending, self._journal_dir)
+        for record in records:
+            log.warning("block_row_replayed", block_hash=record.block_hash, height=record.height)
+            await self.ledger.record_block(record)
+            await asyncio.to_thread(journal.remove, self._journal_dir, record.block_hash)
+        return len(records)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait (bounded) for found blocks' rows at shutdown."""
         if self._block_writes:
             await asyncio.wait(list(self._block_writes), timeout=timeout)
-        for task in list(self._block_writes):  # still failing: the log says so; the block file remains on disk
+        for task in list(self._block_writes):  # still failing: the journaled row is replayed at the next start
             task.cancel()

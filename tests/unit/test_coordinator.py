@@ -47,7 +47,7 @@ def make_coordinator(tmp_path: Path, scheme: str = "pplns", pool_address: str | 
     payout: dict[str, Any] = {"scheme": scheme}
     if pool_address:
         payout["pool_address"] = pool_address
-    config = parse_config({"node": {"network": "regtest"}, "payout": payout}, env={})
+    config = parse_config({"node": {"network": "regtest"}, "payout": payout, "data_dir": str(tmp_path)}, env={})
     ledger = Ledger(tmp_path / "ledger.sqlite3", Policy(scheme, 100, 2.0))
     script = address_to_script(pool_address, "regtest") if pool_address else None
     return Coordinator(config, script, ledger, RecordingSubmitter(), Metrics())  # type: ignore[arg-type]
@@ -182,4 +182,46 @@ async def test_solo_fee_recorded_is_the_fee_output_the_coinbase_carries(tmp_path
     reward = job.template.coinbase_value
     assert coord.ledger.query("SELECT fee FROM blocks") == [(job.fee,)]
     assert coord.ledger.query("SELECT amount FROM credits") == [(reward - job.fee,)]
+    coord.ledger.close()
+
+
+async def test_a_block_row_the_ledger_could_not_take_is_replayed_after_a_restart(tmp_path: Path, worker: Any) -> None:
+    """The ledger refuses every write (its writer is gone) when a block is found, and the pool is restarted:
+    the block's row, journaled on disk first, reaches the ledger at the next start. Before, it was lost, and
+    under PPLNS the coinbase paid the pool while no miner was ever credited."""
+    coord = make_coordinator(tmp_path)
+    coord.set_template(template(REGTEST_BITS))
+    job = coord.job_for(worker)
+    assert job is not None
+    nonce = solve(job, lambda v: v <= job.prepared.network_target)
+    coord.ledger.close()  # every write now fails
+    result, committed = submit(coord, worker, job.job_id, nonce, job.ntime, difficulty=1e-12)
+    assert isinstance(result, Accepted) and result.is_block and committed is not None
+    with pytest.raises(RuntimeError):
+        await committed  # the share itself is answered "not recorded"
+    await coord.drain(timeout=1.5)  # shutdown: the row never landed
+    rows = list((tmp_path / "blocks" / "rows").glob("*.json"))
+    assert len(rows) == 1
+    restarted = make_coordinator(tmp_path)
+    assert await restarted.replay_block_rows() == 1
+    block_hash = result.block_hash[::-1].hex()
+    assert restarted.ledger.query("SELECT block_hash, status, reward, address FROM blocks") == [
+        (block_hash, "pending", job.template.coinbase_value, worker.address)]
+    assert list((tmp_path / "blocks" / "rows").glob("*.json")) == []
+    assert await restarted.replay_block_rows() == 0
+    restarted.ledger.close()
+
+
+async def test_a_recorded_block_leaves_no_journal_entry(tmp_path: Path, worker: Any) -> None:
+    coord = make_coordinator(tmp_path)
+    coord.set_template(template(REGTEST_BITS))
+    job = coord.job_for(worker)
+    assert job is not None
+    nonce = solve(job, lambda v: v <= job.prepared.network_target)
+    result, committed = submit(coord, worker, job.job_id, nonce, job.ntime, difficulty=1e-12)
+    assert isinstance(result, Accepted) and committed is not None
+    await committed
+    await coord.drain()
+    assert len(coord.ledger.query("SELECT block_hash FROM blocks")) == 1
+    assert list((tmp_path / "blocks" / "rows").glob("*.json")) == []
     coord.ledger.close()
