@@ -195,11 +195,13 @@ def migrate(conn: sqlite3.Connection) -> None:
     """Bring a ledger file written by an older version up to this schema (run once at open, idempotent)."""
     window.migrate(conn)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(credits)")}
+    # Each column on its own: a crash between two ALTERs (autocommit) must not leave one missing for good.
     if "share_difficulty" not in columns:
         conn.execute("ALTER TABLE credits ADD COLUMN share_difficulty REAL")
-        conn.execute("ALTER TABLE credits ADD COLUMN network_difficulty REAL")
         conn.execute("UPDATE credits SET share_difficulty = (SELECT difficulty FROM shares WHERE id = share_id)"
                      " WHERE share_id IS NOT NULL")
+    if "network_difficulty" not in columns:
+        conn.execute("ALTER TABLE credits ADD COLUMN network_difficulty REAL")
 
 
 def insert_share(conn: sqlite3.Connection, policy: Policy, s: Any, network_difficulty: float, subsidy: int,

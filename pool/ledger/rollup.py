@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -90,13 +91,14 @@ def rollup_batch(conn: sqlite3.Connection, below: int, batch: int = BATCH) -> in
 
 def prune(conn: sqlite3.Connection, scheme: str, factor: float, network_difficulty: float,
           keep_seconds: float = KEEP_SECONDS, batch: int = BATCH, max_batches: int | None = None,
-          now: float | None = None, margin: float = WINDOW_MARGIN) -> int:
+          now: float | None = None, margin: float = WINDOW_MARGIN, stop: Callable[[], bool] | None = None) -> int:
     """Roll up every prunable row, one ``batch`` per short transaction on ``conn`` (autocommit mode, not the
     writer's connection). The bound is recomputed inside each transaction, so shares written meanwhile and
-    a window that moved are respected. Returns the number of rows rolled up."""
+    a window that moved are respected. ``stop`` is asked between batches (the ledger is closing). Returns the
+    number of rows rolled up."""
     done = 0
     batches = 0
-    while max_batches is None or batches < max_batches:
+    while (max_batches is None or batches < max_batches) and not (stop is not None and stop()):
         conn.execute("BEGIN IMMEDIATE")
         try:
             below = cutoff(conn, scheme, factor, network_difficulty, keep_seconds,

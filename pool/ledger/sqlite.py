@@ -31,7 +31,6 @@ from pool.ledger.book import AuditEntry
 log = structlog.get_logger("pool.ledger")
 
 Op = Callable[[sqlite3.Connection], Any]
-log = structlog.get_logger("pool.ledger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,21 +235,22 @@ class Ledger:
     # ---- roll-up of old share rows ------------------------------------------------------------------------
 
     def rollup(self, network_difficulty: float | None = None, batch: int = rollup.BATCH,
-               max_batches: int | None = None, now: float | None = None) -> int:
+               max_batches: int | None = None, now: float | None = None,
+               stop: Callable[[], bool] | None = None) -> int:
         """Roll up and delete the share rows no window needs any more, ``batch`` rows per short transaction on
         a connection of its own (call from a thread, not the event loop). Returns the rows removed."""
         nd = self.network_difficulty if network_difficulty is None else network_difficulty
         conn = self._connect()
         try:
             return rollup.prune(conn, self.policy.scheme, self.policy.pplns_factor, nd, self.keep_seconds, batch,
-                                max_batches, now)
+                                max_batches, now, stop=stop)
         finally:
             conn.close()
 
     def _rollup_loop(self) -> None:
         while not self._stop_rollup.wait(self._rollup_interval):
             try:
-                removed = self.rollup()
+                removed = self.rollup(stop=self._stop_rollup.is_set)  # closing: stop between batches
             except Exception as exc:  # retried next interval; the rows stay until then
                 log.error("share_rollup_failed", error=str(exc))
                 continue

@@ -245,10 +245,6 @@ class NodeClient:
             raise NodeError(int(error.get("code", -1)), str(error.get("message", "")))
         return reply.get("result")
 
-    def call_blocking(self, method: str, *params: Any, on_sent: SentHook | None = None) -> Any:
-        """A call from a thread the caller owns (the block submitter's): same errors as ``call``."""
-        return self._call_blocking(method, params, self._timeout, on_sent)
-
     async def call(self, method: str, *params: Any) -> Any:
         """Run one RPC in a worker thread."""
         return await self.start_call(method, *params)

@@ -497,12 +497,10 @@ class StratumServer:
     def _answer_share(self, session: Session, event: ShareSubmitted, result: ShareResult,
                       committed: asyncio.Future[Any] | None) -> None:
         proto = session.protocol
-        if isinstance(result, Accepted) and committed is not None:
+        if isinstance(result, Accepted):
+            assert committed is not None  # the coordinator queues every accepted share to the ledger
             slot = proto.defer_reply()  # "true" only once the ledger has the share; later replies wait behind it
             committed.add_done_callback(lambda done: self._settle(session, event, result, slot, done))
-            return
-        if isinstance(result, Accepted):
-            proto.answer_submit(event.request_id, result)
             return
         session.log.debug("share_rejected", reason=result.reason.value, detail=result.detail)
         proto.answer_submit(event.request_id, result)

@@ -478,11 +478,7 @@ class StratumProtocol:
 
     def answer_submit(self, req_id: Any, result: ShareResult) -> None:
         """Reply to a ShareSubmitted event: true, or the reject's Stratum error."""
-        if isinstance(result, Rejected):
-            code, message = result.error
-            self._send_error(req_id, code, message)
-        else:
-            self._send_result(req_id, True)
+        self._write_bytes(_submit_reply(req_id, result))
 
     def answer(self, req_id: Any, result: Any) -> None:
         self._send_result(req_id, result)
@@ -575,12 +571,7 @@ class StratumProtocol:
         """Fill a reserved reply: ``true``, or the reject's Stratum error."""
         if slot.data is not None:
             return
-        if isinstance(result, Rejected):
-            code, message = result.error
-            obj: dict[str, Any] = {"id": req_id, "result": None, "error": [code, message, None]}
-        else:
-            obj = {"id": req_id, "result": True, "error": None}
-        slot.data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        slot.data = _submit_reply(req_id, result)
         self._queued += len(slot.data)
         self.deferred -= 1
 
@@ -607,11 +598,23 @@ class StratumProtocol:
         self._write({"id": None, "method": method, "params": params})
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._write_bytes(json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n")
+        self._write_bytes(_encode(obj))
 
     def _write_bytes(self, data: bytes) -> None:
         self._out.append(data)
         self._queued += len(data)
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def _submit_reply(req_id: Any, result: ShareResult) -> bytes:
+    """``true``, or the reject's Stratum error, for one ``mining.submit``."""
+    if isinstance(result, Rejected):
+        code, message = result.error
+        return _encode({"id": req_id, "result": None, "error": [code, message, None]})
+    return _encode({"id": req_id, "result": True, "error": None})
 
 
 _HANDLERS: dict[str, Callable[[StratumProtocol, Any, Any], Event | None]] = {
