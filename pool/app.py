@@ -154,7 +154,8 @@ class PoolApp:
         assert self.coordinator is not None
         start = time.perf_counter()
         try:
-            if not self.coordinator.set_template(template):
+            ready = self.source.prepared if self.source is not None else None
+            if not self.coordinator.set_template(template, prepared=ready):
                 return  # the same work again (a refresh, or ZMQ and long poll both announcing one block)
         except ValueError as exc:
             log.error("template_rejected", error=str(exc), height=template.height)

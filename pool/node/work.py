@@ -12,10 +12,16 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from pool.mining.jobs import BlockTemplate, TemplateError, parse_template
+from pool.mining.jobs import BlockTemplate, PreparedTemplate, TemplateError, parse_template
 from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
 
 log = structlog.get_logger("pool.node.work")
+
+
+def prepare(gbt: object) -> PreparedTemplate:
+    """Parse and prepare a template (hex decoding, merkle branch, witness commitment: milliseconds for a
+    mainnet template), on a worker thread: never on the loop that answers miners."""
+    return PreparedTemplate.from_template(parse_template(gbt))  # type: ignore[arg-type]
 
 TemplateCallback = Callable[[BlockTemplate, bool, str], None]
 
@@ -42,6 +48,7 @@ class TemplateSource:
         self._reason = "start"
         self._lock = asyncio.Lock()
         self.template: BlockTemplate | None = None
+        self.prepared: PreparedTemplate | None = None  # ``template`` prepared off the loop
         self.fetched_at = 0.0
         self.healthy = False
 
@@ -75,17 +82,19 @@ class TemplateSource:
         async with self._lock:
             try:
                 gbt = await self._client.get_template()
-                template = parse_template(gbt)
+                prepared = await asyncio.to_thread(prepare, gbt)
             except (NodeUnavailable, NodeError, TemplateError) as exc:
                 self._set_health(False)
                 log.warning("template_fetch_failed", reason=reason, error=str(exc))
                 return False
-            self._deliver(template, reason)
+            self._deliver(prepared, reason)
             return True
 
-    def _deliver(self, template: BlockTemplate, reason: str) -> None:
+    def _deliver(self, prepared: PreparedTemplate, reason: str) -> None:
+        template = prepared.template
         new_tip = self.template is None or template.prevhash != self.template.prevhash
         self.template = template
+        self.prepared = prepared
         self.fetched_at = time.monotonic()
         self._set_health(True)
         self._on_template(template, new_tip, reason)
@@ -126,7 +135,8 @@ class TemplateSource:
                 poll_id = template.longpollid
             try:
                 gbt = await self._client.longpoll_template(poll_id, timeout=max(90.0, self._refresh * 3))
-                fresh = parse_template(gbt)
+                ready = await asyncio.to_thread(prepare, gbt)
+                fresh = ready.template
             except (NodeUnavailable, NodeError, TemplateError) as exc:
                 log.debug("longpoll_failed", error=str(exc))
                 if isinstance(exc, NodeUnavailable):
@@ -145,7 +155,7 @@ class TemplateSource:
             elif fresh.longpollid != current.longpollid:
                 async with self._lock:
                     if self.template is not None and self.template.prevhash == fresh.prevhash:
-                        self._deliver(fresh, "longpoll")
+                        self._deliver(ready, "longpoll")
 
     async def _zmq_loop(self) -> None:
         import zmq

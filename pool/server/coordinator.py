@@ -70,7 +70,8 @@ class Coordinator:
 
     # ---- work ----------------------------------------------------------------------------------------------
 
-    def set_template(self, template: BlockTemplate, now: float | None = None) -> bool:
+    def set_template(self, template: BlockTemplate, now: float | None = None,
+                     prepared: PreparedTemplate | None = None) -> bool:
         """Adopt a new template; jobs are built lazily per payout variant.
 
         Returns False, keeping the current jobs, when the template gives the same work as the current one
@@ -83,7 +84,9 @@ class Coordinator:
         current = self.prepared
         if current is not None and current.same_work(template) and now - self._prepared_at < JOB_MAX_AGE:
             return False
-        self.prepared = PreparedTemplate.from_template(template)
+        # Prepared on a worker thread by the template source when it can be (merkle branch, commitment).
+        self.prepared = prepared if prepared is not None and prepared.template is template \
+            else PreparedTemplate.from_template(template)
         self._prepared_at = now
         self._jobs_by_key.clear()
         self.metrics.template_height.set(template.height)

@@ -225,3 +225,17 @@ async def test_a_recorded_block_leaves_no_journal_entry(tmp_path: Path, worker: 
     assert len(coord.ledger.query("SELECT block_hash FROM blocks")) == 1
     assert list((tmp_path / "blocks" / "rows").glob("*.json")) == []
     coord.ledger.close()
+
+
+def test_a_template_prepared_off_the_loop_is_used_as_is(tmp_path: Path) -> None:
+    from pool.mining.jobs import PreparedTemplate
+
+    coord = make_coordinator(tmp_path)
+    t = template()
+    ready = PreparedTemplate.from_template(t)
+    assert coord.set_template(t, prepared=ready) is True
+    assert coord.prepared is ready  # not computed again on the loop
+    other = template(prevhash=TIP_B)
+    assert coord.set_template(other, prepared=ready) is True  # a mismatched one is not trusted
+    assert coord.prepared is not ready and coord.prepared.template is other
+    coord.ledger.close()
