@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pool.node.regtest import free_port
+from tests.support.chain import ready_miner
 from tests.support.miner import NotifyJob
 from tests.support.miner import TestMiner as StratumMiner
 
@@ -139,15 +140,7 @@ def solve_non_block(miner: StratumMiner, job: NotifyJob) -> tuple[bytes, int, in
 async def connect(port: int, username: str, password: str = "d=1e-10") -> StratumMiner:
     # A fixed tiny difficulty (d=) keeps vardiff from raising it between the shares below, and lets a share
     # that misses the network target be accepted (for the duplicate check) without moving the tip.
-    miner = StratumMiner("127.0.0.1", port, username, password)
-    await asyncio.wait_for(miner.connect(), 10)
-    try:
-        await asyncio.wait_for(miner.handshake(), 10)
-        await miner.wait_job(10)
-    except BaseException:
-        await miner.close()
-        raise
-    return miner
+    return await ready_miner(StratumMiner("127.0.0.1", port, username, password))
 
 
 # ---- /metrics -----------------------------------------------------------------------------------------

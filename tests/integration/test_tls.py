@@ -19,7 +19,7 @@ import pytest
 
 from pool.node.regtest import free_port
 from tests.conftest import pool_config
-from tests.support.chain import arpc, connect_miner, mine_block_on, wait_tip, wait_until
+from tests.support.chain import arpc, connect_miner, mine_block_on, ready_miner, wait_tip, wait_until
 from tests.support.miner import TestMiner as StratumMiner
 from tests.support.tls import cert_fingerprint, client_context, fingerprint, make_cert
 
@@ -46,15 +46,7 @@ class TlsMiner(StratumMiner):
 
 
 async def tls_miner(port: int, username: str, context: ssl.SSLContext, password: str = "x") -> TlsMiner:
-    miner = TlsMiner(port, username, context, password)
-    await asyncio.wait_for(miner.connect(), 10)
-    try:
-        await asyncio.wait_for(miner.handshake(), 10)
-        await miner.wait_job(10)
-    except BaseException:
-        await miner.close()
-        raise
-    return miner
+    return await ready_miner(TlsMiner(port, username, context, password))
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.support.miner import NotifyJob, TestMiner
 
@@ -203,9 +203,16 @@ async def check_pool_coinbase(node: Any, block_hash: str, pool_address: str) -> 
     return block
 
 
+M = TypeVar("M", bound=TestMiner)
+
+
 async def connect_miner(port: int, username: str, password: str = "x", timeout: float = 10.0) -> TestMiner:
     """A TestMiner on 127.0.0.1:port, handshaken and holding a job."""
-    miner = TestMiner("127.0.0.1", port, username, password)
+    return await ready_miner(TestMiner("127.0.0.1", port, username, password), timeout)
+
+
+async def ready_miner(miner: M, timeout: float = 10.0) -> M:
+    """Connect ``miner`` (a TestMiner or a subclass), handshake and wait for its first job; closed on failure."""
     await asyncio.wait_for(miner.connect(), timeout)
     try:
         await asyncio.wait_for(miner.handshake(), timeout)
