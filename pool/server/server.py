@@ -512,23 +512,27 @@ class StratumServer:
         """The ledger answered for one accepted share: fill its reply and send what is now ready."""
         error = committed.exception() if not committed.cancelled() else asyncio.CancelledError()
         proto = session.protocol
-        if error is not None:  # never answer true for a share the ledger did not take
-            session.log.error("ledger_write_failed", error=str(error))
-            self.coordinator.forget(result)
-            proto.settle(slot, event.request_id, SHARE_NOT_RECORDED)
-        else:
-            proto.settle(slot, event.request_id, result)
-            new = session.vardiff.record_share(result.difficulty, time.monotonic())
-            if new is not None and new != proto.difficulty:
-                proto.set_difficulty(new)
-                self._send_work(session, fresh=True)
-            session.invalid.valid()
-        if session.finished:
-            return
-        session.flush()
-        if session.paused and proto.deferred <= MAX_SHARES_IN_FLIGHT // 2 and session.transport is not None:
-            session.paused = False
-            session.transport.resume_reading()
+        try:
+            if error is not None:  # never answer true for a share the ledger did not take
+                session.log.error("ledger_write_failed", error=str(error))
+                self.coordinator.forget(result)
+                proto.settle(slot, event.request_id, SHARE_NOT_RECORDED)
+            else:
+                proto.settle(slot, event.request_id, result)
+                new = session.vardiff.record_share(result.difficulty, time.monotonic())
+                if new is not None and new != proto.difficulty:
+                    proto.set_difficulty(new)
+                    self._send_work(session, fresh=True)
+                session.invalid.valid()
+            if session.finished:
+                return
+            session.flush()
+            if session.paused and proto.deferred <= MAX_SHARES_IN_FLIGHT // 2 and session.transport is not None:
+                session.paused = False
+                session.transport.resume_reading()
+        except Exception:  # a bug here would leave the reply slot unfilled and the miner waiting for ever
+            session.log.exception("session_crashed")
+            self._finish(session, "error")
 
     def _retune(self, session: Session, hint: bool = False) -> None:
         """Bring the miner to its vardiff difficulty. A hint-driven change re-sends work only while the

@@ -1,15 +1,25 @@
-"""The pool survives bitcoind going away and coming back, and mining resumes."""
+"""The pool survives bitcoind going away and coming back, and mining resumes; connections keep their deadlines,
+socket options and in-order replies under load."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import pool_config
-from tests.support.chain import arpc, connect_miner, mine_block_on, wait_job_on, wait_tip, wait_until
+from tests.support.chain import (
+    arpc,
+    connect_miner,
+    mine_block_on,
+    solve_where,
+    wait_job_on,
+    wait_tip,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -136,5 +146,44 @@ async def test_accepted_sockets_have_keepalive_and_no_delay(regtest, pool_app):
         sock = session.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        await miner.close()
+
+
+async def test_many_shares_in_flight_pause_reading_and_answer_in_order(regtest, pool_app, monkeypatch):
+    """Accepted shares are answered at their commit, several in flight per connection; past the cap the
+    connection's reading pauses until replies are settled, then resumes. Replies keep the request order."""
+    from pool.server import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_SHARES_IN_FLIGHT", 2)
+    paused_after_read: list[bool] = []
+    real_receive = server_module.StratumServer._receive
+
+    def receive(self, session, data):  # noqa: ANN001, ANN202
+        real_receive(self, session, data)
+        paused_after_read.append(session.paused)
+
+    monkeypatch.setattr(server_module.StratumServer, "_receive", receive)
+    miner = await connect_miner(pool_app.server.port, f"{await arpc(regtest, 'getnewaddress', wallet='pool')}.fl",
+                                password="d=1e-10")
+    try:
+        job = await wait_job_on(miner, await arpc(regtest, "getbestblockhash"))
+        network = int(job.nbits[2:], 16) << (8 * (int(job.nbits[:2], 16) - 3))
+        lines = []
+        for i in range(12):
+            en2, ntime, nonce, _ = solve_where(miner, job, lambda v: v > network)  # shares, not blocks
+            params = [miner.username, job.job_id, en2.hex(), f"{ntime:08x}", f"{nonce:08x}"]
+            lines.append(json.dumps({"id": 1000 + i, "method": "mining.submit", "params": params}).encode())
+        assert miner.writer is not None
+        miner.writer.write(b"\n".join(lines) + b"\n")  # one write: all twelve judged before any commit
+        await miner.writer.drain()
+        await wait_until(lambda: all(1000 + i in miner.replies for i in range(12)), 10, what="twelve replies")
+        assert [miner.replies[1000 + i]["result"] for i in range(12)] == [True] * 12
+        assert [k for k in miner.replies if isinstance(k, int) and k >= 1000] == list(range(1000, 1012))  # in order
+        assert True in paused_after_read  # twelve in flight > 2: reading paused until they were settled
+        (session,) = pool_app.server.sessions.values()
+        assert session.paused is False and session.protocol.deferred == 0
+        reply, _ = await miner.mine_one(1e-10)  # reading resumed: the connection still works
+        assert reply.get("result") is True or reply["error"][0] == 21, reply
     finally:
         await miner.close()
