@@ -8,6 +8,7 @@ payout variant (SOLO pays each finder's own address) then costs only a coinbase 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections import OrderedDict
@@ -173,6 +174,9 @@ class Job:
     payout_key: str = ""
     fee: int = 0
     _lines: dict[bool, bytes] = field(default_factory=dict, repr=False)
+    # What the job's headers are made of besides the miner's own fields (tip, version, bits, merkle branch,
+    # coinbase): jobs with the same key give the same header for the same solution. Set by ``make_job``.
+    work: bytes = b""
 
     @property
     def template(self) -> BlockTemplate:
@@ -235,7 +239,9 @@ def make_job(
     t = prepared.template
     coinbase = build_coinbase(t.height, outputs, pool_tag, extranonce_size, prepared.commitment_script)
     ntime = max(t.curtime, t.mintime)
-    return Job(job_id, prepared, coinbase, ntime, now, payout_key, fee)
+    work = hashlib.sha256(b"|".join((t.prevhash, struct.pack("<II", t.version, t.bits), prepared.branch_bytes,
+                                     coinbase.coinb1, coinbase.coinb2))).digest()
+    return Job(job_id, prepared, coinbase, ntime, now, payout_key, fee, work=work)
 
 
 class Lookup(Enum):
@@ -258,8 +264,11 @@ class JobBook:
     and never the newest one, so no miner's current job is ever evicted. Difficulty changes do not add jobs:
     the session re-sends the same job under an alias (see ``StratumProtocol.send_job``).
 
-    Duplicates are judged per tip on what was hashed: ``claim`` takes the header hash, so one solution is
-    credited once whichever job id (or refresh of an unchanged template) it arrives under.
+    Duplicates are judged on what was hashed: ``claim`` takes the header hash, so one solution is credited
+    once whichever job id (or renewal of an unchanged template) it arrives under. The hashes are kept per
+    piece of work (``Job.work``), across every live job with that work, and dropped with the last live job
+    of that work: jobs that differ in it can never produce the same header, and a share for a job no longer
+    live is refused as stale before it is claimed. So memory follows the live jobs, not the tip's age.
     """
 
     def __init__(self, max_templates: int = 16, max_jobs: int = 1_000_000, max_stale: int = 100_000) -> None:
@@ -270,7 +279,7 @@ class JobBook:
         self._max_jobs = max_jobs
         self._max_stale = max_stale
         self._counter = 0
-        self._seen: set[bytes] = set()
+        self._seen: dict[bytes, set[bytes]] = {}  # Job.work -> header hashes credited on that work
         self.tip: bytes | None = None
 
     def next_id(self) -> str:
@@ -289,17 +298,23 @@ class JobBook:
                 self._remember_stale(old_id, old_job)
             self._jobs.clear()
             self._generations.clear()
-            self._seen = set()
+            self._seen = {}
             self.tip = job.template.prevhash
         self._jobs[job.job_id] = job
         self._generations.setdefault(id(job.prepared), []).append(job.job_id)
+        evicted = False
         while len(self._generations) > self._max_templates or (
             len(self._jobs) > self._max_jobs and len(self._generations) > 1
         ):
             _, old_ids = self._generations.popitem(last=False)
+            evicted = True
             for old_id in old_ids:
                 self._jobs.pop(old_id, None)
                 self._remember_stale(old_id, None)
+        if evicted and self._seen:
+            live = {j.work for j in self._jobs.values()}
+            for work in [w for w in self._seen if w not in live]:
+                del self._seen[work]
         return new_tip
 
     def _remember_stale(self, job_id: str, job: Job | None) -> None:
@@ -317,16 +332,26 @@ class JobBook:
         """The job behind a stale id, while its tip is the previous one (for late block solutions)."""
         return self._stale.get(job_id)
 
-    def claim(self, header_hash: bytes) -> bool:
-        """Mark a solution as credited on this tip; False when it already was (a duplicate)."""
-        if header_hash in self._seen:
+    def claim(self, job: Job, header_hash: bytes) -> bool:
+        """Mark a solution of ``job`` as credited; False when it already was (a duplicate)."""
+        seen = self._seen.get(job.work)
+        if seen is None:
+            seen = self._seen[job.work] = set()
+        elif header_hash in seen:
             return False
-        self._seen.add(header_hash)
+        seen.add(header_hash)
         return True
 
-    def release(self, header_hash: bytes) -> None:
+    def release(self, job: Job, header_hash: bytes) -> None:
         """Forget a solution whose credit did not stick (its ledger write failed), so a resubmission counts."""
-        self._seen.discard(header_hash)
+        seen = self._seen.get(job.work)
+        if seen is not None:
+            seen.discard(header_hash)
+
+    @property
+    def claimed(self) -> int:
+        """Solutions remembered for the duplicate check (the memory it costs)."""
+        return sum(len(seen) for seen in self._seen.values())
 
     def __len__(self) -> int:
         return len(self._jobs)

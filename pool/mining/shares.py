@@ -221,7 +221,7 @@ def check_submission(
     if hashed.code == sharecheck.BELOW_SHARE:
         return Rejected(Reject.LOW_DIFFICULTY,
                         f"share difficulty {hash_difficulty(hashed.block_hash):.6g} < {difficulty:.6g}")
-    if not jobs.claim(hashed.block_hash):
+    if not jobs.claim(job, hashed.block_hash):
         return Rejected(Reject.DUPLICATE)
     return Accepted(
         job=job,

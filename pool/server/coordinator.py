@@ -187,7 +187,7 @@ class Coordinator:
 
     def forget(self, result: Accepted) -> None:
         """The share's ledger write failed: un-claim it so the resubmission the miner was asked for counts."""
-        self.book.release(result.block_hash)
+        self.book.release(result.job, result.block_hash)
 
     def share_record(self, result: Accepted, worker: Worker) -> ShareRecord:
         t = result.job.template

@@ -370,15 +370,35 @@ def test_jobbook_keeps_previous_tip_jobs_for_late_blocks_only() -> None:
     assert book.stale_job("b") is b
 
 
-def test_jobbook_duplicates_are_per_tip() -> None:
+def test_jobbook_duplicates_span_every_live_job_of_the_same_work() -> None:
     book = JobBook()
-    book.add(_job_on_tip("a", TIP_A))
-    assert book.claim(b"h" * 32) is True
-    assert book.claim(b"h" * 32) is False
-    book.release(b"h" * 32)
-    assert book.claim(b"h" * 32) is True
-    book.add(_job_on_tip("b", TIP_B))
-    assert book.claim(b"h" * 32) is True  # a new tip starts a new set
+    a = _job_on_tip("a", TIP_A)
+    renewal = _job_on_tip("a2", TIP_A)  # the same template again: another job id, byte-identical work
+    other = build_job(make_gbt(n_txs=2, prevhash=TIP_A), job_id="b")  # different transactions: other work
+    for job in (a, renewal, other):
+        book.add(job)
+    assert renewal.work == a.work != other.work
+    assert book.claim(a, b"h" * 32) is True
+    assert book.claim(renewal, b"h" * 32) is False  # one solution, one credit, whichever id it comes under
+    assert book.claim(other, b"h" * 32) is True  # other work cannot make this header: its own record
+    book.release(renewal, b"h" * 32)
+    assert book.claim(a, b"h" * 32) is True  # a failed write un-claims it for the resubmission
+    book.add(_job_on_tip("c", TIP_B))
+    assert book.claimed == 0  # a new tip starts afresh
+    assert book.claim(a, b"h" * 32) is True
+
+
+def test_jobbook_duplicate_memory_follows_the_live_jobs_not_the_tips_age() -> None:
+    """Solutions are remembered per piece of work and dropped with its last live job: a tip that lasts long
+    (a slow block, a stalled testnet) no longer grows the record without bound."""
+    book = JobBook(max_templates=2)
+    generations = [build_job(make_gbt(n_txs=1 + g, prevhash=TIP_A), job_id=f"g{g}") for g in range(6)]
+    for g, job in enumerate(generations):
+        book.add(job)
+        for n in range(100):
+            assert book.claim(job, bytes([g, n]) * 16)
+        assert book.claimed == 100 * min(g + 1, 2)  # only the two live generations' solutions are kept
+    assert book.get("g0") is Lookup.STALE  # its shares are refused as stale before any duplicate check
 
 
 def test_jobbook_keeps_every_job_of_recent_templates() -> None:
