@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pool.config import Config, ConfigError, embedded_default, load_config
 
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (Python's default: 0.005)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pool", description="Stratum V1 Bitcoin mining pool server")
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     from pool.ops.telemetry import configure_logging
 
     configure_logging(config.log_level, config.log_format)
+    # Worker threads (RPC JSON decoding of multi-megabyte templates, template preparation, the ledger writer)
+    # hold the GIL for up to the switch interval each time the event loop releases it for a syscall: at the
+    # default 5 ms, a template arriving stalls the loop that answers miners for tens of milliseconds.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         import uvloop
 

@@ -80,15 +80,18 @@ class TemplateSource:
     async def fetch(self, reason: str) -> bool:
         """Fetch one template and deliver it; False (logged) when bitcoind could not give one."""
         async with self._lock:
-            try:
-                gbt = await self._client.get_template()
-                prepared = await asyncio.to_thread(prepare, gbt)
-            except (NodeUnavailable, NodeError, TemplateError) as exc:
-                self._set_health(False)
-                log.warning("template_fetch_failed", reason=reason, error=str(exc))
-                return False
-            self._deliver(prepared, reason)
-            return True
+            return await self._fetch_locked(reason)
+
+    async def _fetch_locked(self, reason: str) -> bool:
+        try:
+            gbt = await self._client.get_template()
+            prepared = await asyncio.to_thread(prepare, gbt)
+        except (NodeUnavailable, NodeError, TemplateError) as exc:
+            self._set_health(False)
+            log.warning("template_fetch_failed", reason=reason, error=str(exc))
+            return False
+        self._deliver(prepared, reason)
+        return True
 
     def _deliver(self, prepared: PreparedTemplate, reason: str) -> None:
         template = prepared.template
@@ -149,13 +152,29 @@ class TemplateSource:
             poll_id = fresh.longpollid
             current = self.template
             if current is None or fresh.prevhash != current.prevhash:
-                # A new tip is only a signal: a poll parked during a burst of blocks can return an older tip
-                # than one already fetched, so ask bitcoind for its current template under the lock.
-                await self.fetch("longpoll")
+                await self._new_tip_from_longpoll(ready)
             elif fresh.longpollid != current.longpollid:
                 async with self._lock:
                     if self.template is not None and self.template.prevhash == fresh.prevhash:
                         self._deliver(ready, "longpoll")
+
+    async def _new_tip_from_longpoll(self, ready: PreparedTemplate) -> None:
+        """A poll parked during a burst of blocks can return an older tip than one already fetched: its
+        template is used only if its parent is still bitcoind's best block (a cheap call); otherwise the
+        current template is fetched. When ZMQ or a refresh already brought this tip, nothing is done: every
+        extra multi-megabyte template decoded is GIL time taken from the loop that answers miners."""
+        fresh = ready.template
+        async with self._lock:
+            if self.template is not None and self.template.prevhash == fresh.prevhash:
+                return
+            try:
+                best = await self._client.call("getbestblockhash")
+            except (NodeUnavailable, NodeError):
+                best = None
+            if best == fresh.prevhash_hex:
+                self._deliver(ready, "longpoll")
+            else:
+                await self._fetch_locked("longpoll")
 
     async def _zmq_loop(self) -> None:
         import zmq

@@ -38,3 +38,42 @@ async def test_templates_are_parsed_and_prepared_off_the_loop(monkeypatch: pytes
     template, new_tip, reason = delivered[0]
     assert new_tip and reason == "start" and len(template.transactions) == 20
     assert source.prepared is not None and source.prepared.template is template  # the coordinator reuses it
+
+
+class TipNode:
+    """Answers getbestblockhash with ``best``; counts full template fetches."""
+
+    def __init__(self, best: str, gbt: dict[str, Any]) -> None:
+        self.best, self.gbt, self.fetches = best, gbt, 0
+
+    async def call(self, method: str, *params: Any) -> Any:
+        assert method == "getbestblockhash"
+        return self.best
+
+    async def get_template(self) -> Any:
+        self.fetches += 1
+        return self.gbt
+
+
+async def test_a_long_poll_tip_is_used_without_fetching_again_when_it_is_still_the_best() -> None:
+    """Every extra multi-megabyte template decoded costs the loop GIL time: a long-poll answer for the current
+    best block is delivered as it is, and one for a tip ZMQ already brought is dropped."""
+    old, new = make_gbt(prevhash="11" * 32), make_gbt(prevhash="22" * 32)
+    node = TipNode(new["previousblockhash"], new)
+    delivered: list[str] = []
+    source = TemplateSource(node, lambda t, new_tip, reason: delivered.append(reason), longpoll=False)  # type: ignore[arg-type]
+    source._deliver(work.prepare(old), "start")
+    await source._new_tip_from_longpoll(work.prepare(new))
+    assert delivered == ["start", "longpoll"] and node.fetches == 0
+    await source._new_tip_from_longpoll(work.prepare(new))  # the same tip again (ZMQ got there first)
+    assert delivered == ["start", "longpoll"] and node.fetches == 0
+
+
+async def test_a_long_poll_tip_that_is_no_longer_the_best_fetches_the_current_template() -> None:
+    old, parked, current = (make_gbt(prevhash=h * 32) for h in ("11", "22", "33"))
+    node = TipNode(current["previousblockhash"], current)
+    source = TemplateSource(node, lambda t, new_tip, reason: None, longpoll=False)  # type: ignore[arg-type]
+    source._deliver(work.prepare(old), "start")
+    await source._new_tip_from_longpoll(work.prepare(parked))  # a poll parked during a burst of blocks
+    assert node.fetches == 1
+    assert source.template is not None and source.template.prevhash_hex == current["previousblockhash"]
