@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -49,6 +50,8 @@ class TemplateSource:
         self._lock = asyncio.Lock()
         self.template: BlockTemplate | None = None
         self.prepared: PreparedTemplate | None = None  # ``template`` prepared off the loop
+        self.zmq_trusted = False  # ZMQ has announced a tip and missed none since: long polling waits
+        self._zmq_announced: deque[str] = deque(maxlen=8)
         self.fetched_at = 0.0
         self.healthy = False
 
@@ -100,7 +103,23 @@ class TemplateSource:
         self.prepared = prepared
         self.fetched_at = time.monotonic()
         self._set_health(True)
+        if new_tip and self._zmq_endpoint:
+            # ZMQ earns trust by announcing tips; a periodic refresh that finds a tip ZMQ has not announced
+            # means ZMQ missed it (bitcoind restarted without -zmqpubhashblock, a broken socket): long polling
+            # resumes until ZMQ announces a tip again.
+            if template.prevhash_hex in self._zmq_announced:
+                self.zmq_trusted = True
+            elif reason == "refresh" and self.zmq_trusted:
+                self.zmq_trusted = False
+                log.warning("zmq_missed_a_block", height=template.height, note="long polling resumes")
         self._on_template(template, new_tip, reason)
+
+    def _zmq_announce(self, block_hash: str) -> None:
+        """A ZMQ hashblock: remembered (a few), and trusted at once if the tip it names is already ours."""
+        self._zmq_announced.append(block_hash)
+        if self.template is not None and self.template.prevhash_hex == block_hash:
+            self.zmq_trusted = True
+        self.trigger("zmq")
 
     async def _refresh_loop(self) -> None:
         backoff = 0.25
@@ -129,7 +148,9 @@ class TemplateSource:
         poll_id: str | None = None
         while True:
             template = self.template
-            if template is None or not template.longpollid:
+            if template is None or not template.longpollid or self.zmq_trusted:
+                # With ZMQ announcing tips, a long poll would only decode every template a second time:
+                # multi-megabyte JSON on a thread, GIL time taken from the loop that answers miners.
                 await asyncio.sleep(0.2)
                 continue
             # Poll with the id of the last long-poll answer when it is for the current tip: a plain fetch
@@ -192,6 +213,6 @@ class TemplateSource:
                 if parts and parts[0] == b"hashblock":
                     block_hash = parts[1].hex() if len(parts) > 1 else ""
                     log.debug("zmq_hashblock", block_hash=block_hash)
-                    self.trigger("zmq")
+                    self._zmq_announce(block_hash)
         finally:
             sock.close(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -77,3 +79,44 @@ async def test_a_long_poll_tip_that_is_no_longer_the_best_fetches_the_current_te
     await source._new_tip_from_longpoll(work.prepare(parked))  # a poll parked during a burst of blocks
     assert node.fetches == 1
     assert source.template is not None and source.template.prevhash_hex == current["previousblockhash"]
+
+
+class PollNode(TipNode):
+    """Counts long polls; each one parks for a while."""
+
+    def __init__(self, best: str, gbt: dict[str, Any]) -> None:
+        super().__init__(best, gbt)
+        self.polls = 0
+
+    async def longpoll_template(self, longpollid: str, timeout: float) -> Any:
+        self.polls += 1
+        await asyncio.sleep(0.05)
+        return self.gbt
+
+
+async def test_long_polling_waits_while_zmq_announces_tips_and_resumes_when_it_misses_one() -> None:
+    """With ZMQ announcing tips, a long poll would only decode every template a second time; if a periodic
+    refresh finds a tip ZMQ never announced, ZMQ is no longer trusted and long polling resumes."""
+    a, b, c = (make_gbt(prevhash=h * 32) for h in ("11", "22", "33"))
+    node = PollNode(a["previousblockhash"], a)
+    source = TemplateSource(node, lambda t, new_tip, reason: None, zmq_endpoint="tcp://127.0.0.1:28332")  # type: ignore[arg-type]
+    source._deliver(work.prepare(a), "start")
+    poller = asyncio.create_task(source._longpoll_loop())
+    try:
+        await asyncio.sleep(0.3)
+        assert node.polls > 0 and not source.zmq_trusted  # no ZMQ news yet: long polling runs
+        source._zmq_announce(b["previousblockhash"])
+        source._deliver(work.prepare(b), "zmq")
+        assert source.zmq_trusted
+        await asyncio.sleep(0.15)  # a poll parked before may still finish
+        polls = node.polls
+        await asyncio.sleep(0.4)
+        assert node.polls == polls  # no new long poll while ZMQ is trusted
+        source._deliver(work.prepare(c), "refresh")  # a tip ZMQ never announced
+        assert not source.zmq_trusted
+        await asyncio.sleep(0.4)
+        assert node.polls > polls  # long polling resumed
+    finally:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
