@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -89,14 +91,21 @@ def pool_config(node: RegtestNode, data_dir: Path, **overrides: dict) -> object:
     return parse_config(raw, env={})
 
 
-@pytest.fixture
-async def pool_app(regtest: RegtestNode, tmp_path: Path) -> AsyncIterator[object]:
-    """A running pool on the module's regtest node."""
+@contextlib.asynccontextmanager
+async def running_pool(node: RegtestNode, data_dir: Path, **overrides: Any) -> AsyncIterator[Any]:
+    """An in-process pool on ``node`` (``pool_config`` with ``overrides``), stopped on the way out."""
     from pool.app import PoolApp
 
-    app = PoolApp(pool_config(regtest, tmp_path / "pool"))
+    app = PoolApp(await asyncio.to_thread(pool_config, node, data_dir, **overrides))
     await app.start()
     try:
         yield app
     finally:
         await app.stop()
+
+
+@pytest.fixture
+async def pool_app(regtest: RegtestNode, tmp_path: Path) -> AsyncIterator[object]:
+    """A running pool on the module's regtest node."""
+    async with running_pool(regtest, tmp_path / "pool") as app:
+        yield app

@@ -521,8 +521,7 @@ class StratumServer:
                 proto.settle(slot, event.request_id, result)
                 new = session.vardiff.record_share(result.difficulty, time.monotonic())
                 if new is not None and new != proto.difficulty:
-                    proto.set_difficulty(new)
-                    self._send_work(session, fresh=True)
+                    self._resend_at(session, new)
                 session.invalid.valid()
             if session.finished:
                 return
@@ -549,7 +548,12 @@ class StratumServer:
         if hint:
             self.metrics.difficulty_hints.labels("applied").inc()
         session.retune_pending = False
-        proto.set_difficulty(new)
+        self._resend_at(session, new)
+
+    def _resend_at(self, session: Session, difficulty: float) -> None:
+        """A new difficulty for a miner: its work is re-sent under alias ids, so the change applies to them
+        alone (shares for ids already out keep the difficulty they were sent at)."""
+        session.protocol.set_difficulty(difficulty)
         if session.has_work:
             self._send_work(session, fresh=True)
 
@@ -591,15 +595,13 @@ class StratumServer:
             if tick % 5:
                 continue
             for session in list(self.sessions.values()):
-                proto = session.protocol
                 if session.retune_pending and session.hints.take(now):
                     self._retune(session)
                     session.flush()
                 if session.has_work:
                     new = session.vardiff.idle_check(now)
                     if new is not None:
-                        proto.set_difficulty(new)
-                        self._send_work(session, fresh=True)
+                        self._resend_at(session, new)
                         session.flush()
             for state, count in self.session_states().items():
                 self.metrics.sessions.labels(state).set(count)

@@ -9,10 +9,8 @@ address API reads live worker stats on the event loop, never in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import aiohttp
 import pytest
 
 from pool import reports
-from tests.conftest import pool_config
+from tests.conftest import running_pool
 from tests.support.chain import arpc, connect_miner, wait_until
 
 pytestmark = pytest.mark.integration
@@ -28,19 +26,6 @@ pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token-0123456789abcdef"
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15)
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@contextlib.asynccontextmanager
-async def running_pool(regtest: Any, data_dir: Path, **overrides: Any) -> AsyncIterator[Any]:
-    from pool.app import PoolApp
-
-    cfg = await asyncio.to_thread(pool_config, regtest, data_dir, **overrides)
-    app = PoolApp(cfg)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 async def post(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any] | str]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import pool_config
+from tests.conftest import pool_config, running_pool
 from tests.support.chain import arpc, wait_tip, wait_until
 from tests.support.firmware import (
     DIFF1,
@@ -61,16 +61,9 @@ ERR_LOW_DIFF = 23
 @pytest.fixture
 async def capped_app(regtest, tmp_path: Path):
     """A pool whose difficulty max is small, so a suggested 1000 or 0.5 is clamped to something hashlib can mine."""
-    from pool.app import PoolApp
-
-    cfg = await asyncio.to_thread(pool_config, regtest, tmp_path / "capped",
-                                  difficulty={"max": CAP, "start": CAP / 10, "min": CAP / 100})
-    app = PoolApp(cfg)
-    await app.start()
-    try:
+    async with running_pool(regtest, tmp_path / "capped",
+                            difficulty={"max": CAP, "start": CAP / 10, "min": CAP / 100}) as app:
         yield app
-    finally:
-        await app.stop()
 
 
 async def _user(regtest, worker: str) -> str:
