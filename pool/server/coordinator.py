@@ -171,7 +171,7 @@ class Coordinator:
             self.stats.accepted(worker.address, worker.name, result.difficulty, now)
             committed = self.ledger.record_share(self.share_record(result, worker))
             if result.is_block:
-                self._block_found(result, worker)
+                committed = _after(committed, self._block_found(result, worker))
             return result, committed
         self._rejected_count.inc()
         self._reject_counts[result.reason].inc()
@@ -206,8 +206,9 @@ class Coordinator:
             expected_fees=t.total_fees,
         )
 
-    def _block_found(self, result: Accepted, worker: Worker) -> None:
-        """Send the block on its way first, then record it; the row is retried until the ledger takes it."""
+    def _block_found(self, result: Accepted, worker: Worker) -> asyncio.Future[Any]:
+        """Send the block on its way first, then record it; the row is retried until the ledger takes it.
+        Returns the first write of the row."""
         job = result.job
         block_hash = result.block_hash[::-1].hex()
         block_hex = job.block_bytes(result.header, result.extranonce1, result.extranonce2).hex()
@@ -241,6 +242,7 @@ class Coordinator:
         task = asyncio.create_task(self._record_block(record, first), name=f"record-block-{block_hash[:16]}")
         self._block_writes.add(task)
         task.add_done_callback(self._block_writes.discard)
+        return first
 
     async def _record_block(self, record: BlockRecord, first: asyncio.Future[Any]) -> None:
         """The row was queued to the ledger at once (``first``: right behind the finding share, so the PPLNS
@@ -287,3 +289,24 @@ class Coordinator:
             await asyncio.wait(list(self._block_writes), timeout=timeout)
         for task in list(self._block_writes):  # still failing: the journaled row is replayed at the next start
             task.cancel()
+
+
+def _after(share: asyncio.Future[Any], block_row: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """The share's own commit, reported once its block's first row write is done too (whatever its outcome:
+    that row is retried apart), so "true" for a block-solving share comes after the block is in the ledger."""
+    both: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def report(_: asyncio.Future[Any]) -> None:
+        if both.done():
+            return
+        if not share.done():  # the writer answers in queue order, so this is only a safeguard
+            share.add_done_callback(report)
+        elif share.cancelled():
+            both.cancel()
+        elif share.exception() is not None:
+            both.set_exception(share.exception())  # type: ignore[arg-type]
+        else:
+            both.set_result(share.result())
+
+    block_row.add_done_callback(report)
+    return both

@@ -159,6 +159,8 @@ async def test_solo_share_is_judged_on_the_coinbase_that_pays_its_worker(tmp_pat
     right, committed = submit(coord, worker, mine.job_id, nonce, mine.ntime, difficulty=1e-12)
     assert isinstance(right, Accepted) and right.is_block and committed is not None
     await committed
+    # "true" for a block-solving share comes after the block's row is in the ledger
+    assert len(coord.ledger.query("SELECT block_hash FROM blocks")) == 1
     await coord.drain()
     # No pool address: the coinbase has no fee output, so the ledger records no fee either.
     reward = mine.template.coinbase_value
