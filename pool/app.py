@@ -24,6 +24,7 @@ from pool.ops.http import HttpApi
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
+from pool.server.frontends import FrontendPool
 from pool.server.server import StratumServer
 
 log = structlog.get_logger("pool.app")
@@ -39,7 +40,8 @@ class PoolApp:
         self.client: NodeClient | None = None
         self.ledger: Ledger | None = None
         self.coordinator: Coordinator | None = None
-        self.server: StratumServer | None = None
+        # One process: the Stratum server itself; stratum.processes >= 2: the front-end processes behind one facade.
+        self.server: StratumServer | FrontendPool | None = None
         self.source: TemplateSource | None = None
         self.submitter: BlockSubmitter | None = None
         self.pool_address = config.payout.pool_address
@@ -109,7 +111,12 @@ class PoolApp:
             lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         await self.coordinator.replay_block_rows()
-        self.server = StratumServer(cfg, self.coordinator, self.metrics)
+        if cfg.stratum.processes > 1:
+            self.server = FrontendPool(cfg, self.metrics, self.ledger, self.coordinator, creds, pool_script,
+                                       on_block_resolved=lambda _: self.source.trigger("block-found")
+                                       if self.source is not None else None)
+        else:
+            self.server = StratumServer(cfg, self.coordinator, self.metrics)
         self.source = TemplateSource(
             self.client,
             self._on_template,
@@ -131,7 +138,7 @@ class PoolApp:
         sup.start("template-age", self._age_loop, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
-                                        on_change=self._on_block_status, in_flight=self.submitter.unresolved)
+                                        on_change=self._on_block_status, in_flight=self._blocks_in_flight)
         sup.start("maturity", self.maturity.run)
         if pc.payments_enabled:
             wallet_url = creds.url.rstrip("/") + (f"/wallet/{pc.wallet}" if pc.wallet else "")
@@ -141,6 +148,17 @@ class PoolApp:
             self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
                                              pc.payment_grace)
             sup.start("payments", self.payments.run)
+
+    def _blocks_in_flight(self) -> set[str]:
+        """Blocks still being submitted, here or by a front-end process (maturity leaves them alone)."""
+        out = self.submitter.unresolved() if self.submitter is not None else set()
+        if isinstance(self.server, FrontendPool):
+            out |= self.server.unresolved()
+        return out
+
+    def metrics_registry(self) -> object:
+        """What /metrics renders: this process's registry, merged with every front-end process's if any."""
+        return self.server.merged if isinstance(self.server, FrontendPool) else self.metrics.registry
 
     def _on_task_failure(self, task: str, error: BaseException | None) -> None:
         """Supervisor and ledger hook (any thread): every background failure is counted by task."""
@@ -161,7 +179,7 @@ class PoolApp:
             log.error("template_rejected", error=str(exc), height=template.height)
             return
         sent = self.server.broadcast(clean=new_tip) if self.server is not None else 0
-        if new_tip:
+        if new_tip and not isinstance(self.server, FrontendPool):  # front-ends time their own notify
             self.metrics.new_tip_notify_seconds.observe(time.perf_counter() - start)
         (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason,
                                              miners=sent, txs=len(template.transactions))
@@ -237,6 +255,9 @@ class PoolApp:
 
     def readiness_problems(self) -> list[str]:
         problems = list(self.supervisor.down())
+        if isinstance(self.server, FrontendPool):
+            problems += [f"Stratum front-end process {slot.index} is down" for slot in self.server.slots
+                         if slot.link is None]
         if self.ledger is not None and self.ledger.failure is not None:
             problems.append(f"ledger writer stopped ({self.ledger.failure!r}): shares cannot be recorded")
         if self.source is None or not self.source.healthy:
@@ -258,7 +279,7 @@ class PoolApp:
             "network": self.config.node.network,
             "scheme": self.config.payout.scheme,
             "hashrate": coord.stats.pool_hashrate(now) if coord else 0.0,
-            "miners": len(self.server.sessions) if self.server else 0,
+            "miners": self.server.connection_count() if self.server else 0,
             "workers": coord.stats.active_workers(now) if coord else 0,
             "height": template.height if template else None,
             "network_difficulty": target_to_difficulty(template.network_target) if template else None,

@@ -58,6 +58,8 @@ class StratumConfig:
     tls_port: int | None = None  # None: no TLS listener; 0: any free port
     tls_cert: str = ""
     tls_key: str = ""
+    # Stratum front-end processes (pool/server/frontends.py): 1 keeps everything in one process.
+    processes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class RegtestConfig:
     zmq_port: int = 0
 
 
+MAX_PROCESSES = 256
+NODE_ID_BITS = 8
 BIP320_MASK = 0x1FFFE000  # the version bits BIP 320 leaves for general purpose (version rolling)
 MIN_TOKEN_LENGTH = 16
 
@@ -128,6 +132,9 @@ class Config:
     metrics_max_worker_series: int = 500
     log_level: str = "info"
     log_format: str = "auto"
+    # This pool node's number among pool nodes sharing one ledger: the top byte of every extranonce1 it hands
+    # out, so no two nodes (nor two front-end processes of one node) ever give miners the same coinbase space.
+    node_id: int = 0
 
     @property
     def ledger_file(self) -> Path:
@@ -287,6 +294,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         tls_port=s.optional_integer("tls_port", 0, 65535),
         tls_cert=s.string("tls_cert", ""),
         tls_key=s.string("tls_key", ""),
+        processes=s.integer("processes", 1, 1, MAX_PROCESSES),
     )
     s.done()
     if len(stratum.pool_tag.encode()) > 60:
@@ -360,13 +368,33 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         metrics_max_worker_series=metrics_table.integer("max_worker_series", 500, 0, 100_000),
         log_level=log_table.choice("level", "info", ("debug", "info", "warning", "error")),
         log_format=log_table.choice("format", "auto", ("auto", "json", "console")),
+        node_id=top.integer("node_id", 0, 0, (1 << NODE_ID_BITS) - 1),
     )
     for reader in (top, ledger_table, metrics_table, log_table):
         reader.done()
+    _check_extranonce_space(stratum)
     if admin.enabled and admin.port is None and not config.metrics_enabled:
         raise ConfigError("an admin token is set but metrics.enabled = false and admin.port is not set:"
                           " set admin.port to serve the admin API on a listener of its own")
     return config
+
+
+def process_bits(processes: int) -> int:
+    """Bits of extranonce1 that name the front-end process (0 for one process)."""
+    return (processes - 1).bit_length()
+
+
+def _check_extranonce_space(stratum: StratumConfig) -> None:
+    """extranonce1 is [node_id: 8 bits][process index][counter]: the counter must cover every connection a
+    front-end may hold (``max_connections`` is split evenly across the processes)."""
+    counter_bits = 8 * stratum.extranonce1_size - NODE_ID_BITS - process_bits(stratum.processes)
+    per_process = -(-stratum.max_connections // stratum.processes)
+    if counter_bits < 1 or 1 << counter_bits < per_process:
+        raise ConfigError(
+            f"stratum.extranonce1_size = {stratum.extranonce1_size} leaves {max(counter_bits, 0)} bits per process"
+            f" after the node id (8 bits) and {stratum.processes} processes: too few for"
+            f" stratum.max_connections = {stratum.max_connections}; raise extranonce1_size or lower max_connections"
+        )
 
 
 def _check_tls(stratum: StratumConfig) -> None:

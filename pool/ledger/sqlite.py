@@ -66,6 +66,11 @@ class LedgerFailed(Exception):
     """The ledger's writer thread is gone: nothing can be recorded until the pool restarts."""
 
 
+class DuplicateShare(Exception):
+    """The share was credited already (a front-end process judges duplicates only among its own miners; the
+    coordinator, which sees every share, refuses the same solution arriving through another process)."""
+
+
 class Ledger:
     """SQLite ledger with a single writer thread doing group commits."""
 

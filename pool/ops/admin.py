@@ -20,6 +20,7 @@ out is carried in the next refused entry, and every attempt is still logged and 
 from __future__ import annotations
 
 import hmac
+import inspect
 import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
@@ -84,7 +85,7 @@ class AdminApi:
                 {"error": f"{host!r} is not in admin.reconnect_allowlist; add it there or pass force=1"}, status=403
             )
         server = self.pool.server
-        count = server.reconnect_all(host, port, wait) if server else 0
+        count = await _value(server.reconnect_all(host, port, wait)) if server else 0
         await self._record(request, action, params, "ok", miners=count)
         return web.json_response({"sent": count})
 
@@ -105,7 +106,7 @@ class AdminApi:
                 request, action, f"mask must be the BIP 320 bits {BIP320_MASK:08x} or a subset, got {mask:08x}"
             )
         server = self.pool.server
-        count = server.set_version_mask(mask) if server else 0
+        count = await _value(server.set_version_mask(mask)) if server else 0
         await self._record(request, action, {"mask": f"{mask:08x}"}, "ok", miners=count)
         return web.json_response({"sent": count, "mask": f"{mask:08x}"})
 
@@ -211,3 +212,8 @@ class AdminApi:
             await ledger.submit(lambda conn: book.audit(conn, "admin_action", entry))
         except Exception as exc:  # the action stands; the operator must learn that its record did not
             log.error("admin_audit_failed", error=str(exc), **entry)
+
+
+async def _value(result: Any) -> Any:
+    """A front-end pool answers operator actions asynchronously (it asks every process); one server at once."""
+    return await result if inspect.isawaitable(result) else result

@@ -104,7 +104,7 @@ class HttpApi:
         loop = asyncio.get_running_loop()
         self.pool.metrics.pending_payouts.set(await loop.run_in_executor(None, self.pool.pending_payouts))
         self.pool.refresh_gauges()
-        body = generate_latest(self.pool.metrics.registry)
+        body = generate_latest(self.pool.metrics_registry())  # type: ignore[arg-type]
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -157,6 +157,19 @@ class Metrics:
             "pool_tls_reloads_total", "Stratum TLS certificate reloads (SIGHUP) by result", ["result"], registry=r
         )
 
+        # Several Stratum front-end processes (stratum.processes >= 2): their supervision, per process.
+        self.frontend_up = Gauge("pool_frontend_up", "1 while the Stratum front-end process runs", ["process"],
+                                 registry=r)
+        self.frontend_restarts = Counter(
+            "pool_frontend_restarts_total", "Stratum front-end processes started again after they exited",
+            ["process"], registry=r)
+        self.frontend_cpu_seconds = Gauge(
+            "pool_frontend_cpu_seconds", "CPU time used by the Stratum front-end process (user + system)",
+            ["process"], registry=r)
+        self.frontend_memory_bytes = Gauge(
+            "pool_frontend_resident_memory_bytes", "Resident memory of the Stratum front-end process", ["process"],
+            registry=r)
+
     def observe_rpc(self, method: str, seconds: float, error: str | None) -> None:
         """NodeClient observer hook."""
         self.rpc_seconds.labels(method).observe(seconds)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class Coordinator:
         self._block_writes: set[asyncio.Task[None]] = set()
         self._journal_dir = Path(config.data_dir) / "blocks" / "rows"
         self._late_blocks: OrderedDict[bytes, None] = OrderedDict()
+        self.on_block: Callable[[FoundBlock], None] | None = None  # a front-end process tells its coordinator
         # Per-share counters resolved once: a labels() lookup per share is measurable on the hot path.
         self._accepted_count = metrics.shares.labels("accepted")
         self._rejected_count = metrics.shares.labels("rejected")
@@ -225,6 +226,8 @@ class Coordinator:
         self.blocks_found += 1
         self.last_block = found
         self.metrics.blocks.labels("found").inc()
+        if self.on_block is not None:
+            self.on_block(found)
         log.info("block_found", height=found.height, block_hash=block_hash, worker=worker.full_name)
         t = job.template
         record = BlockRecord(

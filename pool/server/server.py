@@ -14,12 +14,14 @@ import socket
 import time
 from collections import Counter as CountMap
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from pool.config import Config
-from pool.mining.extranonce import ExtranonceAllocator
+from pool.config import NODE_ID_BITS, Config, process_bits
+from pool.ledger.sqlite import DuplicateShare
+from pool.mining.extranonce import ExtranonceAllocator, extranonce_prefix
 from pool.mining.jobs import Job
 from pool.mining.shares import Accepted, Reject, Rejected, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
@@ -53,6 +55,7 @@ TRANSACTIONS_RATE = 0.2
 TRANSACTIONS_BURST = 5
 MAX_SHARES_IN_FLIGHT = 256  # accepted shares awaiting their commit per connection; beyond, reading pauses
 SHARE_NOT_RECORDED = Rejected(Reject.LEDGER_FAILED)
+SHARE_DUPLICATE = Rejected(Reject.DUPLICATE)  # the coordinator had it already, from another front-end process
 
 
 def _inherited_socket_options(server: asyncio.AbstractServer) -> None:
@@ -146,8 +149,9 @@ class Session(asyncio.Protocol):
 class StratumServer:
     """Accepts miners, runs their sessions and pushes new work to all of them."""
 
-    def __init__(self, config: Config, coordinator: Coordinator, metrics: Metrics) -> None:
+    def __init__(self, config: Config, coordinator: Coordinator, metrics: Metrics, process: int = 0) -> None:
         self.config = config
+        self.process = process  # front-end index (0 with one process): in every extranonce1 it hands out
         self.coordinator = coordinator
         self.metrics = metrics
         sc = config.stratum
@@ -168,7 +172,14 @@ class StratumServer:
             retarget_seconds=dc.retarget_seconds,
         )
         self._network = config.node.network
-        self._extranonces = ExtranonceAllocator(sc.extranonce1_size)
+        prefix, bits = extranonce_prefix(config.node_id, NODE_ID_BITS, process, process_bits(sc.processes))
+        self._extranonces = ExtranonceAllocator(sc.extranonce1_size, prefix, bits)
+        # Several front-ends: limits are per process (the kernel spreads connections evenly over them).
+        self._max_connections = -(-sc.max_connections // sc.processes)
+        # Several front-ends: extranonce1 values released here are offered to the others for resume, and a
+        # resume here withdraws the value from them (pool/server/frontend.py wires these to the coordinator).
+        self.on_release: Callable[[bytes], None] | None = None
+        self.on_claim: Callable[[bytes], None] | None = None
         self._recent_extranonces: OrderedDict[bytes, float] = OrderedDict()
         self.guard = AddressGuard(sc.guard)
         self.sessions: dict[int, Session] = {}
@@ -183,12 +194,15 @@ class StratumServer:
     async def start(self) -> int:
         sc = self.config.stratum
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Session(self), sc.host, sc.port, backlog=1024)
+        # Several front-end processes share the port (SO_REUSEPORT: the kernel spreads connections over them).
+        shared = sc.processes > 1
+        self._server = await loop.create_server(lambda: Session(self), sc.host, sc.port, backlog=1024,
+                                                reuse_port=shared or None)
         self.port = int(self._server.sockets[0].getsockname()[1])
         _inherited_socket_options(self._server)
         if sc.tls_port is not None:
             self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
-            self.tls_port = await self.tls.start(lambda: Session(self), sc.host, sc.tls_port)
+            self.tls_port = await self.tls.start(lambda: Session(self), sc.host, sc.tls_port, reuse_port=shared)
             if self.tls.server is not None:
                 _inherited_socket_options(self.tls.server)
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
@@ -271,11 +285,25 @@ class StratumServer:
             return None
         closed_at = self._recent_extranonces.get(value)
         window = self.config.stratum.session_resume_seconds
-        if closed_at is None or time.monotonic() - closed_at > window or not self._extranonces.claim(value):
+        if closed_at is None or time.monotonic() - closed_at > window:
             return None
+        if len(value) != self._extranonces.size or self._extranonces.prefix_of(value, NODE_ID_BITS) != \
+                self.config.node_id or not self._extranonces.claim(value):
+            return None  # another pool node's value is never ours to give
         del self._recent_extranonces[value]
         self._extranonces.release(current)
+        if self.on_claim is not None:
+            self.on_claim(value)
         return value
+
+    def add_resumable(self, value: bytes) -> None:
+        """Another front-end released ``value``: a miner that comes back here may resume it."""
+        if len(value) == self._extranonces.size:
+            self._remember_extranonce(value)
+
+    def drop_resumable(self, value: bytes) -> None:
+        """Another front-end resumed ``value``: it is live there, so never here."""
+        self._recent_extranonces.pop(value, None)
 
     # ---- connections ---------------------------------------------------------------------------------------
 
@@ -291,7 +319,7 @@ class StratumServer:
         if self.guard.banned(ip, now):
             refused = "banned"
         elif (
-            len(self.sessions) >= sc.max_connections
+            len(self.sessions) >= self._max_connections
             or self._per_ip[ip] >= sc.max_connections_per_ip
             or not self.guard.allow_connect(ip, now)
         ):
@@ -368,6 +396,8 @@ class StratumServer:
         extranonce1 = session.protocol.extranonce1
         self._extranonces.release(extranonce1)
         self._remember_extranonce(extranonce1)
+        if self.on_release is not None:
+            self.on_release(extranonce1)
         self.metrics.connections.set(len(self.sessions))
         self.metrics.disconnects.labels(reason).inc()
         session.log.debug("disconnected", reason=reason)
@@ -513,7 +543,11 @@ class StratumServer:
         error = committed.exception() if not committed.cancelled() else asyncio.CancelledError()
         proto = session.protocol
         try:
-            if error is not None:  # never answer true for a share the ledger did not take
+            if isinstance(error, DuplicateShare):  # credited already (through another front-end process)
+                proto.settle(slot, event.request_id, SHARE_DUPLICATE)
+                self.metrics.shares.labels("rejected").inc()
+                self.metrics.share_rejects.labels(Reject.DUPLICATE.value).inc()
+            elif error is not None:  # never answer true for a share the ledger did not take
                 session.log.error("ledger_write_failed", error=str(error))
                 self.coordinator.forget(result)
                 proto.settle(slot, event.request_id, SHARE_NOT_RECORDED)
@@ -574,6 +608,9 @@ class StratumServer:
             if self.guard.strike(session.ip, time.monotonic()):
                 session.log.warning("address_banned", ip=session.ip, seconds=self.config.stratum.guard.ban_seconds)
                 self.metrics.protocol_errors.labels("ban").inc()
+
+    def connection_count(self) -> int:
+        return len(self.sessions)
 
     def session_states(self) -> dict[str, int]:
         states = {"connected": 0, "subscribed": 0, "authorized": 0}

@@ -67,13 +67,15 @@ class TlsListener:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
-    async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int) -> int:
+    async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                    reuse_port: bool = False) -> int:
         listening = self._current
         # OpenSSL calls this for every ClientHello (with or without SNI): the handshake gets the current
         # context, so a reloaded certificate applies to new connections only.
         listening.sni_callback = self._select
         self.server = await asyncio.get_running_loop().create_server(
-            factory, host, port, ssl=listening, ssl_handshake_timeout=HANDSHAKE_TIMEOUT, backlog=1024
+            factory, host, port, ssl=listening, ssl_handshake_timeout=HANDSHAKE_TIMEOUT, backlog=1024,
+            reuse_port=reuse_port or None,
         )
         self.port = int(self.server.sockets[0].getsockname()[1])
         return self.port

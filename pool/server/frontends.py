@@ -1,0 +1,555 @@
+"""The coordinator's side of multi-process Stratum (``stratum.processes`` >= 2): starts, feeds and supervises
+the front-end processes (``pool/server/frontend.py``) and stands in for the one-process ``StratumServer``.
+
+The coordinator process keeps what there is one of: the template source, the ledger and its writer, the HTTP
+API, maturity and payments. Each front-end owns its miners' connections. Between them, over a Unix socket:
+
+* every template, pickled once, the same bytes to each front-end;
+* accepted shares in batches, each committed here and acknowledged after the commit (the miner's ``true``);
+  a solution that reaches the ledger twice through different processes is refused here as a duplicate;
+* extranonce1 values released by one process, offered to the others for session resume;
+* once a second, each process's metrics and counts, merged into the one ``/metrics`` and API here;
+* operator commands (reconnect, version mask, TLS reload) fanned out, answers summed.
+
+A front-end that exits is started again with backoff (``pool_frontend_restarts_total``); the miners it had
+reconnect to the others meanwhile (the kernel only gives connections to listening sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import os
+import pickle
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client.metrics_core import Metric
+
+from pool.config import Config
+from pool.ledger.sqlite import DuplicateShare, Ledger, ShareRecord
+from pool.node.blocks import FoundBlock
+from pool.node.rpc import RpcCredentials
+from pool.ops.telemetry import Metrics
+from pool.server.coordinator import Coordinator
+from pool.server.frontend import TOKEN_ENV
+from pool.server.ipc import TEMPLATE_HEAD, Kind, Link, encode_raw
+
+log = structlog.get_logger("pool.frontends")
+
+START_TIMEOUT = 60.0  # seconds for every front-end to be listening at start
+COMMAND_TIMEOUT = 5.0
+RESTART_BACKOFF = (0.5, 10.0)  # first and longest wait before starting a dead front-end again
+STABLE_AFTER = 60.0  # a front-end up this long restarts without the accumulated backoff next time
+LINK_GRACE = 15.0  # a running front-end without its link this long is killed and started again
+DUPLICATE_HEIGHTS = 3  # tips whose credited solutions are remembered for the cross-process duplicate check
+# Gauges summed over the front-ends (the coordinator's own value is not counted), or their maximum; any other
+# gauge is the coordinator's (templates, network, ledger), or the front-ends' maximum when it has none.
+SUMMED_GAUGES = frozenset({"pool_connections", "pool_sessions", "pool_blocks_unresolved"})
+MAX_GAUGES = frozenset({"pool_block_oldest_unresolved_seconds"})
+
+
+def run_dir(data_dir: str) -> Path:
+    """Where the coordinator's socket lives: under the data dir when the path fits a Unix socket name
+    (108 bytes), else a per-user directory in the temp dir named after the data dir."""
+    preferred = Path(data_dir).resolve() / "run"
+    if len(str(preferred / "frontends.sock")) < 100:
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pool-{os.getuid()}-{digest}"
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise RuntimeError(f"{path} belongs to another user: the front-end socket cannot live there")
+    os.chmod(path, 0o700)
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) the port with SO_REUSEPORT: it is ours, and front-ends may bind it beside this socket.
+    A socket that does not listen gets no connections, so only the front-ends' listeners are served."""
+    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Slot:
+    """One front-end process and what the coordinator knows of it."""
+
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    pid: int = 0
+    link: Link | None = None
+    ready: asyncio.Future[None] | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    backoff: float = RESTART_BACKOFF[0]
+    link_lost_at: float | None = None
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unresolved: set[str] = dataclasses.field(default_factory=set)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+class FrontendPool:
+    """Runs ``stratum.processes`` front-ends; offers the parts of ``StratumServer`` the rest of the pool uses."""
+
+    def __init__(self, config: Config, metrics: Metrics, ledger: Ledger, coordinator: Coordinator,
+                 creds: RpcCredentials, pool_script: bytes | None,
+                 on_block_resolved: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.ledger = ledger
+        self.coordinator = coordinator
+        self.creds = creds
+        self.pool_script = pool_script
+        self.on_block_resolved = on_block_resolved
+        self.processes = config.stratum.processes
+        self.slots = [_Slot(i) for i in range(self.processes)]
+        self.port = 0
+        self.tls_port = 0
+        self._reserved: list[socket.socket] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._dir = run_dir(config.data_dir)
+        self.socket_path = str(self._dir / "frontends.sock")
+        self._token = ""
+        self._child_config = config
+        self._template_body: bytes | None = None
+        self._released: OrderedDict[bytes, float] = OrderedDict()
+        self._seen: OrderedDict[int, set[str]] = OrderedDict()  # height -> header hashes credited
+        self._commands = itertools.count(1)
+        self._replies: dict[int, tuple[asyncio.Future[None], list[Any], int]] = {}
+        self._closing = False
+        self.merged = MergedMetrics(metrics, self)
+
+    # ---- start and stop ------------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        sc = self.config.stratum
+        plain = reserve_port(sc.host, sc.port)
+        self._reserved.append(plain)
+        self.port = int(plain.getsockname()[1])
+        tls_port = None
+        if sc.tls_port is not None:
+            tls = reserve_port(sc.host, sc.tls_port)
+            self._reserved.append(tls)
+            self.tls_port = tls_port = int(tls.getsockname()[1])
+        self._child_config = dataclasses.replace(
+            self.config, stratum=dataclasses.replace(sc, port=self.port, tls_port=tls_port))
+        _private_dir(self._dir)
+        self._token = secrets.token_hex(16)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._accept, self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        for slot in self.slots:
+            await self._spawn(slot)
+        waiting = [slot.ready for slot in self.slots if slot.ready is not None]
+        done, pending = await asyncio.wait(waiting, timeout=START_TIMEOUT)
+        if pending or any(f.exception() is not None for f in done):
+            raise RuntimeError(f"{len(pending)} of {self.processes} Stratum front-end processes did not start")
+        log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None,
+                 processes=self.processes)
+        return self.port
+
+    async def _spawn(self, slot: _Slot) -> None:
+        env = dict(os.environ)
+        env[TOKEN_ENV] = self._token
+        slot.ready = asyncio.get_running_loop().create_future()
+        slot.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pool.server.frontend", self.socket_path, str(slot.index),
+            env=env, stdin=asyncio.subprocess.DEVNULL,
+        )
+        slot.pid = slot.proc.pid
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        self.metrics.frontend_up.labels(str(slot.index)).set(1)
+        log.info("frontend_spawned", process=slot.index, pid=slot.pid)
+
+    async def close(self) -> None:
+        """Stop every front-end (they close their miners' connections and finish their block submissions)."""
+        self._closing = True
+        for slot in self.slots:
+            if slot.link is not None:
+                slot.link.send(Kind.COMMAND, (0, "stop", ()))
+            elif slot.alive and slot.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.send_signal(signal.SIGTERM)
+        procs = [slot.proc for slot in self.slots if slot.proc is not None]
+        if procs:
+            _, left = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs], timeout=35)
+            for slot in self.slots:
+                if slot.alive and slot.proc is not None:
+                    log.error("frontend_kill", process=slot.index, pid=slot.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        slot.proc.kill()
+                    await slot.proc.wait()
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        for sock in self._reserved:
+            sock.close()
+
+    # ---- supervision ---------------------------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        """Supervised for the pool's lifetime: a front-end that exited is started again (with backoff), one
+        that lost its link for good is killed (and then started again)."""
+        while True:
+            await asyncio.sleep(0.2)
+            if self._closing:
+                continue
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.proc is not None and slot.proc.returncode is not None and slot.restart_at is None:
+                    self._died(slot, now)
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    await self._spawn(slot)
+                elif slot.alive and slot.link is None and slot.link_lost_at is not None \
+                        and now - slot.link_lost_at > LINK_GRACE and slot.proc is not None:
+                    log.error("frontend_unlinked_killed", process=slot.index, pid=slot.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        slot.proc.kill()
+
+    def _died(self, slot: _Slot, now: float) -> None:
+        code = slot.proc.returncode if slot.proc is not None else None
+        if now - slot.started_at > STABLE_AFTER:
+            slot.backoff = RESTART_BACKOFF[0]
+        slot.restart_at = now + slot.backoff
+        log.error("frontend_died", process=slot.index, pid=slot.pid, returncode=code,
+                  restart_in=round(slot.backoff, 2))
+        slot.backoff = min(slot.backoff * 2, RESTART_BACKOFF[1])
+        self.metrics.frontend_restarts.labels(str(slot.index)).inc()
+        self.metrics.frontend_up.labels(str(slot.index)).set(0)
+        if slot.link is not None:
+            slot.link.close()
+            slot.link = None
+        slot.stats = {}
+        slot.unresolved.clear()
+
+    # ---- the links -----------------------------------------------------------------------------------------
+
+    def _accept(self) -> Link:
+        holder: list[Link] = []
+        link = Link(lambda kind, payload: self._on_frame(holder[0], kind, payload), self._on_lost)
+        holder.append(link)
+        link.slot = None  # type: ignore[attr-defined]
+        return link
+
+    def _slot_of(self, link: Link) -> _Slot | None:
+        return getattr(link, "slot", None)
+
+    def _on_lost(self, link: Link) -> None:
+        slot = self._slot_of(link)
+        if slot is not None and slot.link is link:
+            slot.link = None
+            slot.link_lost_at = time.monotonic()
+            if not self._closing:
+                log.warning("frontend_link_lost", process=slot.index, pid=slot.pid)
+
+    def _on_frame(self, link: Link, kind: Kind, payload: bytes) -> None:
+        if kind is Kind.HELLO:
+            self._hello(link, *pickle.loads(payload))
+            return
+        slot = self._slot_of(link)
+        if slot is None:  # nothing before a good HELLO
+            link.close()
+            return
+        if kind is Kind.OPS:
+            self._ops(link, pickle.loads(payload))
+        elif kind is Kind.STATS:
+            self._stats(slot, pickle.loads(payload))
+        elif kind is Kind.RELEASED:
+            self._released_values(slot, pickle.loads(payload))
+        elif kind is Kind.CLAIMED:
+            self._claimed_values(slot, pickle.loads(payload))
+        elif kind is Kind.READY:
+            if slot.ready is not None and not slot.ready.done():
+                slot.ready.set_result(None)
+        elif kind is Kind.REPLY:
+            self._reply(*pickle.loads(payload))
+        elif kind is Kind.FOUND:
+            self._found(slot, *pickle.loads(payload))
+
+    def _hello(self, link: Link, index: int, pid: int, token: str) -> None:
+        if not secrets.compare_digest(str(token), self._token) or not 0 <= index < self.processes:
+            log.error("frontend_refused", index=index, pid=pid, reason="bad token or index")
+            link.send(Kind.REFUSED, "bad token or index")
+            link.close()
+            return
+        slot = self.slots[index]
+        if pid != slot.pid or (slot.link is not None and not slot.link.closed):
+            link.send(Kind.REFUSED, "not the process started for this index")
+            link.close()
+            return
+        link.slot = slot  # type: ignore[attr-defined]
+        slot.link = link
+        slot.link_lost_at = None
+        link.send(Kind.WELCOME, (self._child_config, self.creds, self.pool_script, list(self._released)))
+        if self._template_body is not None:
+            link.send_raw(self._template_frame(True))
+
+    # ---- templates -----------------------------------------------------------------------------------------
+
+    def _template_frame(self, clean: bool) -> bytes:
+        assert self._template_body is not None
+        return encode_raw(Kind.TEMPLATE, TEMPLATE_HEAD.pack(clean, time.monotonic()) + self._template_body)
+
+    def broadcast(self, clean: bool) -> int:
+        """The coordinator's current template to every front-end (pickled once); returns the miners with work."""
+        prepared = self.coordinator.prepared
+        if prepared is None:
+            return 0
+        self._template_body = pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = self._template_frame(clean)
+        for slot in self.slots:
+            if slot.link is not None:
+                slot.link.send_raw(frame)
+        self.metrics.jobs_broadcast.labels("clean" if clean else "update").inc()
+        return self.session_states().get("authorized", 0)
+
+    # ---- shares and blocks ---------------------------------------------------------------------------------
+
+    def _ops(self, link: Link, ops: list[tuple[int, str, Any]]) -> None:
+        """A front-end's batch of ledger writes, queued in its order; each answered after its commit."""
+        for seq, op, payload in ops:
+            if op == "share":
+                future = self._share(payload)
+                if future is None:
+                    link.queue(Kind.ACKS, (seq, ("duplicate", "share already credited")))
+                    continue
+                future.add_done_callback(lambda f, s=seq, r=payload: self._acked(link, s, f, r))
+                continue
+            if op == "block":
+                future = self.ledger.record_block(payload)
+            elif op == "status":
+                future = self.ledger.set_block_status(*payload)
+            else:
+                link.queue(Kind.ACKS, (seq, ("failed", f"unknown ledger op {op!r}")))
+                continue
+            future.add_done_callback(lambda f, s=seq: self._acked(link, s, f, None))
+
+    def _share(self, record: ShareRecord) -> asyncio.Future[Any] | None:
+        """Queue a share unless its solution was credited already (through any front-end)."""
+        seen = self._seen.get(record.height)
+        if seen is None:
+            seen = self._seen[record.height] = set()
+            while len(self._seen) > DUPLICATE_HEIGHTS:
+                self._seen.popitem(last=False)
+        elif record.block_hash in seen:
+            return None
+        seen.add(record.block_hash)
+        return self.ledger.record_share(record)
+
+    def _acked(self, link: Link, seq: int, future: asyncio.Future[Any], record: ShareRecord | None) -> None:
+        error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        if error is None:
+            if record is not None:
+                self.coordinator.stats.accepted(record.address, record.worker, record.difficulty, record.ts)
+            link.queue(Kind.ACKS, (seq, None))
+            return
+        if record is not None:  # not credited: a resubmission must count
+            seen = self._seen.get(record.height)
+            if seen is not None:
+                seen.discard(record.block_hash)
+        kind = "duplicate" if isinstance(error, DuplicateShare) else "failed"
+        link.queue(Kind.ACKS, (seq, (kind, str(error) or type(error).__name__)))
+
+    def _found(self, slot: _Slot, what: str, value: Any) -> None:
+        if what == "found":
+            block: FoundBlock = value
+            self.coordinator.blocks_found += 1
+            self.coordinator.last_block = block
+            slot.unresolved.add(block.block_hash)
+        elif what == "resolved":
+            slot.unresolved.discard(value)
+            if self.on_block_resolved is not None:
+                self.on_block_resolved(value)
+
+    def unresolved(self) -> set[str]:
+        """Blocks the front-ends are still submitting (the maturity tracker leaves them alone)."""
+        out: set[str] = set()
+        for slot in self.slots:
+            out |= slot.unresolved
+        return out
+
+    # ---- session resume across processes ------------------------------------------------------------------
+
+    def _released_values(self, slot: _Slot, values: list[bytes]) -> None:
+        now = time.monotonic()
+        window = self.config.stratum.session_resume_seconds
+        for value in values:
+            self._released[value] = now
+            self._released.move_to_end(value)
+        while self._released and (len(self._released) > 100_000 or now - next(iter(self._released.values())) > window):
+            self._released.popitem(last=False)
+        self._fan_out(slot, Kind.RELEASED, values)
+
+    def _claimed_values(self, slot: _Slot, values: list[bytes]) -> None:
+        for value in values:
+            self._released.pop(value, None)
+        self._fan_out(slot, Kind.CLAIMED, values)
+
+    def _fan_out(self, source: _Slot, kind: Kind, values: Iterable[bytes]) -> None:
+        for slot in self.slots:
+            if slot is not source and slot.link is not None:
+                for value in values:
+                    slot.link.queue(kind, value)
+
+    # ---- stats, metrics and commands ----------------------------------------------------------------------
+
+    def _stats(self, slot: _Slot, stats: dict[str, Any]) -> None:
+        slot.stats = stats
+        slot.unresolved = set(stats.get("unresolved", ()))
+        coord_stats = self.coordinator.stats
+        for (address, name), count in stats.get("rejects", {}).items():
+            for _ in range(count):
+                coord_stats.rejected(address, name)
+        label = str(slot.index)
+        for family in stats.get("metrics", ()):
+            if family.name == "process_cpu_seconds" and family.samples:
+                self.metrics.frontend_cpu_seconds.labels(label).set(family.samples[0].value)
+            elif family.name == "process_resident_memory_bytes" and family.samples:
+                self.metrics.frontend_memory_bytes.labels(label).set(family.samples[0].value)
+
+    def session_states(self) -> dict[str, int]:
+        states = {"connected": 0, "subscribed": 0, "authorized": 0}
+        for slot in self.slots:
+            for state, count in slot.stats.get("states", {}).items():
+                states[state] = states.get(state, 0) + count
+        return states
+
+    def connection_count(self) -> int:
+        return sum(int(slot.stats.get("connections", 0)) for slot in self.slots)
+
+    async def _command(self, name: str, *args: Any) -> list[Any]:
+        """Send a command to every linked front-end; their answers (within ``COMMAND_TIMEOUT``)."""
+        command_id = next(self._commands)
+        links = [slot.link for slot in self.slots if slot.link is not None]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answers: list[Any] = []
+        self._replies[command_id] = (done, answers, len(links))
+        for link in links:
+            link.send(Kind.COMMAND, (command_id, name, args))
+        if links:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), COMMAND_TIMEOUT)
+        self._replies.pop(command_id, None)
+        return answers
+
+    def _reply(self, command_id: int, result: Any) -> None:
+        entry = self._replies.get(command_id)
+        if entry is None:
+            return
+        done, answers, expected = entry
+        answers.append(result)
+        if len(answers) >= expected and not done.done():
+            done.set_result(None)
+
+    async def reconnect_all(self, host: str, port: int, wait_seconds: int = 0) -> int:
+        return sum(int(a) for a in await self._command("reconnect", host, port, wait_seconds))
+
+    async def set_version_mask(self, mask: int) -> int:
+        # Front-ends started later get the new mask too.
+        self._child_config = dataclasses.replace(
+            self._child_config, stratum=dataclasses.replace(self._child_config.stratum, version_mask=mask))
+        return sum(int(a) for a in await self._command("version_mask", mask))
+
+    def reload_tls(self) -> bool:
+        if self.config.stratum.tls_port is None:
+            return False
+        asyncio.get_running_loop().create_task(self._command("reload_tls"))
+        return True
+
+
+class MergedMetrics:
+    """One ``/metrics`` for every process: the coordinator's registry merged with each front-end's last
+    snapshot (at most a second old). Counters and histograms are summed; gauges follow ``SUMMED_GAUGES`` /
+    ``MAX_GAUGES``, else the coordinator's value. Per-process CPU and memory are ``pool_frontend_*``."""
+
+    def __init__(self, metrics: Metrics, pool: FrontendPool) -> None:
+        self.metrics = metrics
+        self.pool = pool
+
+    def collect(self) -> list[Metric]:
+        order: list[str] = []
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Any]] = {}
+        own: dict[str, set[tuple[str, tuple[tuple[str, str], ...]]]] = {}
+
+        def add(family: Metric, from_child: bool) -> None:
+            name = family.name
+            if name not in families:
+                families[name] = family
+                values[name] = {}
+                own[name] = set()
+                order.append(name)
+            merged = values[name]
+            mode = _mode(families[name].type, name)
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                current = merged.get(key)
+                if not from_child:
+                    own[name].add(key)
+                    if mode != "sum-children":
+                        merged[key] = sample
+                    continue
+                if current is None:
+                    merged[key] = sample
+                elif sample.name.endswith("_created"):
+                    merged[key] = current._replace(value=min(current.value, sample.value))
+                elif mode in ("sum", "sum-children"):
+                    merged[key] = current._replace(value=current.value + sample.value)
+                elif mode == "max" or key not in own[name]:
+                    merged[key] = current._replace(value=max(current.value, sample.value))
+
+        for family in self.metrics.registry.collect():
+            add(family, from_child=False)
+        for slot in self.pool.slots:
+            for family in slot.stats.get("metrics", ()):
+                if not family.name.startswith("process_"):
+                    add(family, from_child=True)
+        out = []
+        for name in order:
+            source = families[name]
+            family = Metric(source.name, source.documentation, source.type, source.unit)
+            family.samples = list(values[name].values())
+            out.append(family)
+        return out
+
+
+def _mode(kind: str, name: str) -> str:
+    if kind in ("counter", "histogram", "summary", "gaugehistogram"):
+        return "sum"
+    if name in SUMMED_GAUGES:
+        return "sum-children"
+    if name in MAX_GAUGES:
+        return "max"
+    return "coordinator"
