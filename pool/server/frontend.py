@@ -331,9 +331,12 @@ class Frontend:
                 continue
             rejects = dict(self.stats.rejects)
             self.stats.rejects.clear()
+            states = server.session_states()
+            for state, count in states.items():
+                self.metrics.sessions.labels(state).set(count)
             link.send(Kind.STATS, {
                 "metrics": [m for m in self.metrics.registry.collect() if not m.name.startswith("python_")],
-                "states": server.session_states(),
+                "states": states,
                 "connections": len(server.sessions),
                 "rejects": rejects,
                 "unresolved": sorted(self.submitter.unresolved()) if self.submitter else [],
