@@ -166,6 +166,11 @@ async def test_session_resume_lands_on_the_other_process(regtest, tmp_path: Path
         first = await connect_miner(app.server.port, user)
         previous = first.extranonce1
         owner = process_of(previous)
+        first_job = await first.wait_job()
+        en2, ntime, nonce, _ = share_solution(first, first_job)
+        reply = await first.submit(first_job, en2, ntime, nonce)
+        assert reply["result"] is True, reply
+        credited = (en2, ntime, nonce)
         await first.close()
         await asyncio.sleep(0.5)  # the release reaches the other process through the coordinator
         resumed = None
@@ -193,7 +198,13 @@ async def test_session_resume_lands_on_the_other_process(regtest, tmp_path: Path
                 assert bytes.fromhex(reply["result"][1]) != previous
             reply = await resumed.request("mining.authorize", [user, "x"])
             assert reply["result"] is True
-            await resumed.wait_job()
+            job = await resumed.wait_job()
+            assert job.coinb1 == first_job.coinb1 and job.prevhash == first_job.prevhash
+            # The solution credited through the first process, sent again through the other under its own job
+            # id: the same header, so the coordinator refuses it as a duplicate (no credit twice).
+            reply = await resumed.submit(job, *credited)
+            assert reply["error"][0] == 22, reply
+            resumed._en2_counter = 1000  # its own range from here (it restarted at 1, the first miner's)
             reply, h = await mine_share(resumed)
             assert reply["result"] is True, reply
             assert h in await ledger_share_hashes(app)

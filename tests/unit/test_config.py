@@ -112,6 +112,15 @@ def test_wrong_type_names_key(raw: dict[str, Any], key: str) -> None:
         (minimal(stratum={"extranonce2_size": 1}), "stratum.extranonce2_size"),
         (minimal(stratum={"extranonce2_size": 17}), "stratum.extranonce2_size"),
         (minimal(stratum={"extranonce1_size": 9}), "stratum.extranonce1_size"),
+        (minimal(stratum={"processes": 0}), "stratum.processes"),
+        (minimal(stratum={"processes": 257}), "stratum.processes"),
+        (minimal(stratum={"processes": "2"}), "stratum.processes"),
+        (minimal(node_id=256), "node_id"),
+        (minimal(node_id=-1), "node_id"),
+        # [node id: 8 bits][process bits][counter]: 3 bytes leave 16 bits, fewer than 100,000 connections.
+        (minimal(stratum={"extranonce1_size": 3}), "stratum.extranonce1_size"),
+        (minimal(stratum={"extranonce1_size": 3, "max_connections": 65537}),
+         "stratum.extranonce1_size"),
         (minimal(node={"refresh_interval": 200}), "node.refresh_interval"),
         (minimal(difficulty={"min": 0}), "difficulty.min"),
         (minimal(payout={"fee_percent": 101}), "payout.fee_percent"),
@@ -295,3 +304,13 @@ def test_zmq_endpoint_needs_host_and_port(endpoint: str) -> None:
 )
 def test_zmq_endpoint_accepted(endpoint: str) -> None:
     assert parse_config(minimal(node={"zmq_hashblock": endpoint}), env={}).node.zmq_hashblock == endpoint
+
+
+def test_processes_and_node_id() -> None:
+    cfg = parse_config(minimal(), env={})
+    assert cfg.stratum.processes == 1 and cfg.node_id == 0
+    cfg = parse_config(minimal(node_id=7, stratum={"processes": 4}), env={})
+    assert cfg.stratum.processes == 4 and cfg.node_id == 7
+    # Enough room: 3 bytes, 2 processes, 32,768 connections per process.
+    cfg = parse_config(minimal(stratum={"extranonce1_size": 3, "max_connections": 65536, "processes": 4}), env={})
+    assert cfg.stratum.processes == 4

@@ -84,3 +84,37 @@ def test_size_bounds(size: int) -> None:
 def test_random_start_differs_between_instances() -> None:
     starts = {ExtranonceAllocator(8).allocate() for _ in range(20)}
     assert len(starts) > 1
+
+
+def test_prefixes_keep_processes_and_nodes_apart() -> None:
+    """[node id][process][counter]: allocators with different prefixes never hand out the same value."""
+    from pool.mining.extranonce import extranonce_prefix
+
+    seen: set[bytes] = set()
+    for node in (0, 1, 255):
+        for process in range(4):
+            prefix, bits = extranonce_prefix(node, 8, process, 2)
+            alloc = ExtranonceAllocator(3, prefix, bits)  # 14 counter bits: small enough to walk it all
+            values = {alloc.allocate() for _ in range(1 << 14)}
+            assert len(values) == 1 << 14 and not values & seen
+            assert all(alloc.owns(v) and alloc.prefix_of(v, 8) == node for v in values)
+            with pytest.raises(RuntimeError):
+                alloc.allocate()
+            seen |= values
+    other = ExtranonceAllocator(3, *extranonce_prefix(0, 8, 1, 2))
+    assert not other.owns(next(iter(ExtranonceAllocator(3, *extranonce_prefix(0, 8, 2, 2)).allocate() for _ in [0])))
+    with pytest.raises(ValueError):
+        extranonce_prefix(256, 8, 0, 0)
+    with pytest.raises(ValueError):
+        extranonce_prefix(0, 8, 4, 2)
+
+
+def test_a_value_from_another_process_can_be_claimed_for_resume() -> None:
+    from pool.mining.extranonce import extranonce_prefix
+
+    mine = ExtranonceAllocator(4, *extranonce_prefix(0, 8, 0, 1))
+    theirs = ExtranonceAllocator(4, *extranonce_prefix(0, 8, 1, 1)).allocate()
+    assert not mine.owns(theirs)
+    assert mine.claim(theirs) and not mine.claim(theirs)
+    mine.release(theirs)
+    assert mine.claim(theirs)

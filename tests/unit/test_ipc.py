@@ -1,0 +1,164 @@
+"""The coordinator <-> front-end link: frame encoding, reassembly, per-loop-turn batching, the ledger proxy's
+acknowledgments, and how /metrics merges the processes' snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from pool.ledger.sqlite import DuplicateShare, LedgerFailed, ShareRecord
+from pool.ops.telemetry import Metrics
+from pool.server.frontend import LedgerProxy
+from pool.server.frontends import MergedMetrics
+from pool.server.ipc import HEADER, MAX_FRAME, FrameDecoder, FrameError, Kind, Link, encode, encode_raw
+
+
+def test_frames_round_trip_whole_split_and_joined() -> None:
+    frames = [encode(Kind.OPS, [(1, "share", {"x": 1})]), encode_raw(Kind.TEMPLATE, b"\x00" * 70_000),
+              encode(Kind.STATS, {})]
+    stream = b"".join(frames)
+    whole = FrameDecoder().feed(stream)
+    assert [k for k, _ in whole] == [Kind.OPS, Kind.TEMPLATE, Kind.STATS]
+    assert pickle.loads(whole[0][1]) == [(1, "share", {"x": 1})]
+    decoder = FrameDecoder()
+    got: list[tuple[Kind, bytes]] = []
+    for i in range(0, len(stream), 7):  # arbitrary cuts, even through the header
+        got += decoder.feed(stream[i : i + 7])
+    assert got == whole and decoder.pending == 0
+
+
+def test_oversized_or_unknown_frames_are_refused() -> None:
+    with pytest.raises(FrameError):
+        FrameDecoder().feed(HEADER.pack(MAX_FRAME + 1, Kind.OPS))
+    with pytest.raises(FrameError):
+        FrameDecoder().feed(HEADER.pack(1, 250) + b"x")
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+async def test_queued_items_leave_as_one_frame_per_loop_turn_in_order() -> None:
+    link = Link(lambda kind, payload: None)
+    transport = FakeTransport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    for seq in range(1000):
+        link.queue(Kind.OPS, (seq, "share", None))
+    link.queue(Kind.RELEASED, b"\x00\x01\x02\x03")
+    assert transport.writes == []  # nothing before the end of this turn
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1
+    frames = FrameDecoder().feed(transport.writes[0])
+    assert [k for k, _ in frames] == [Kind.OPS, Kind.RELEASED]
+    assert [item[0] for item in pickle.loads(frames[0][1])] == list(range(1000))
+    # An immediate frame goes after what was queued before it (per-link order holds across kinds).
+    link.queue(Kind.OPS, (1000, "share", None))
+    link.send(Kind.FOUND, ("found", None))
+    kinds = [k for w in transport.writes[1:] for k, _ in FrameDecoder().feed(w)]
+    assert kinds == [Kind.OPS, Kind.FOUND]
+
+
+async def test_frames_reach_the_handler_and_a_bad_one_drops_the_link() -> None:
+    seen: list[tuple[Kind, Any]] = []
+    lost: list[Link] = []
+    link = Link(lambda kind, payload: seen.append((kind, pickle.loads(payload))), lost.append)
+    link.connection_made(FakeTransport())  # type: ignore[arg-type]
+    frame = encode(Kind.ACKS, [(1, None)])
+    link.data_received(frame[:3])
+    link.data_received(frame[3:] + encode(Kind.ACKS, [(2, None)]))
+    assert seen == [(Kind.ACKS, [(1, None)]), (Kind.ACKS, [(2, None)])]
+    link.connection_lost(None)
+    assert lost == [link] and link.closed
+
+
+def _share(n: int) -> ShareRecord:
+    return ShareRecord(0.0, "addr", "w", 1.0, 2.0, "1", 100, f"{n:064x}", False)
+
+
+async def test_ledger_proxy_resolves_at_the_acknowledgment_and_fails_without_link() -> None:
+    proxy = LedgerProxy()
+    failed = proxy.record_share(_share(0))  # no link yet: error at once, never a silent wait
+    with pytest.raises(LedgerFailed):
+        failed.result()
+    link = Link(lambda kind, payload: None)
+    transport = FakeTransport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    proxy.attach(link)
+    first, second, third = (proxy.record_share(_share(n)) for n in (1, 2, 3))
+    await asyncio.sleep(0)
+    ops = pickle.loads(FrameDecoder().feed(transport.writes[0])[0][1])
+    assert [(op, rec.block_hash[-1]) for _, op, rec in ops] == [("share", "1"), ("share", "2"), ("share", "3")]
+    seqs = [seq for seq, _, _ in ops]
+    proxy.acknowledge([(seqs[0], None), (seqs[1], ("duplicate", "credited already"))])
+    assert first.result() is None
+    with pytest.raises(DuplicateShare):
+        second.result()
+    assert not third.done() and proxy.in_flight == 1
+    assert proxy.detach() == 1  # the link went down: what waited on it is an error (20), not a true
+    with pytest.raises(LedgerFailed):
+        third.result()
+    later = proxy.record_share(_share(4))
+    with pytest.raises(LedgerFailed):
+        later.result()
+
+
+class _Pool:
+    def __init__(self, snapshots: list[list[Any]]) -> None:
+        self.slots = [type("S", (), {"stats": {"metrics": snap}})() for snap in snapshots]
+
+
+def _child_snapshot(connections: int, accepted: int, lag: float, height: int) -> list[Any]:
+    m = Metrics(CollectorRegistry())
+    m.connections.set(connections)
+    m.shares.labels("accepted").inc(accepted)
+    m.loop_lag_seconds.observe(lag)
+    m.template_height.set(height)
+    m.sessions.labels("authorized").set(connections)
+    return pickle.loads(pickle.dumps(list(m.registry.collect())))  # as it crosses the socket
+
+
+def test_merged_metrics_sum_counters_histograms_and_session_gauges() -> None:
+    parent = Metrics(CollectorRegistry())
+    parent.template_height.set(500)
+    parent.sessions.labels("authorized").set(999)  # the coordinator's own count is not added to the children's
+    merged = MergedMetrics(parent, _Pool([_child_snapshot(3, 10, 0.002, 499), _child_snapshot(4, 5, 0.2, 499)]))
+    text = generate_latest(merged).decode()  # type: ignore[arg-type]
+
+    def value(line_start: str) -> float:
+        return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start + " "))
+
+    assert value("pool_connections") == 7
+    assert value('pool_sessions{state="authorized"}') == 7
+    assert value('pool_shares_total{result="accepted"}') == 15
+    assert value("pool_template_height") == 500  # the coordinator's template, not a sum
+    assert value("pool_event_loop_lag_seconds_count") == 2
+    assert value('pool_event_loop_lag_seconds_bucket{le="0.005"}') == 1
+    assert text.count("# TYPE pool_connections gauge") == 1
+    assert text.count("\nprocess_cpu_seconds_total ") == 1  # the coordinator's (front-ends: pool_frontend_*)
+
+
+def test_parent_only_families_are_kept() -> None:
+    registry = CollectorRegistry()
+    Counter("only_parent", "x", registry=registry).inc(2)
+    Gauge("g_parent", "x", registry=registry).set(3)
+    Histogram("h_parent", "x", registry=registry).observe(1)
+    metrics = Metrics(registry)
+    text = generate_latest(MergedMetrics(metrics, _Pool([])))  # type: ignore[arg-type]
+    assert b"only_parent_total 2.0" in text and b"g_parent 3.0" in text
