@@ -23,6 +23,9 @@ Sections (``--only`` picks some; all by default):
 * compare: the accepted path on this template and on the same work without transactions (``--empty`` node),
   with 1 and 8 submits in flight per connection: what the regtest benchmark's set-up hid.
 * profile: cProfile of the pool's event-loop thread over an accept window (``--profile-out`` keeps the stats).
+* processes: ``stratum.processes`` = 1 vs 2 (``--processes 1,2``) side by side, each pool started fresh: closed-loop
+  reject and accept throughput (CPU: the pool with its front-end processes), and new tip -> first/last miner
+  notified for ``--proc-hold`` miners (1,000, 5,000, 10,000). Not in the default set (``--only processes``).
 
 At mainnet difficulty no share is a block (checked: ``submitblock`` never called). ``--quick`` finishes in
 in under 90 s; the full run takes about four minutes. Usage: ``python bench/stratum_load.py [--quick] [--only
@@ -51,7 +54,7 @@ from mainnet_node import MainnetNode  # noqa: E402
 from procs import Cpu, Echo, Fleet, Miners, Pool, parse_override, rss_bytes  # noqa: E402
 
 ACCEPT_D, REJECT_D = 1e-10, 1e6
-SECTIONS = ("throughput", "latency", "tipload", "hold", "compare", "profile")
+SECTIONS = ("throughput", "latency", "tipload", "hold", "compare", "profile", "processes")
 
 
 # ---- measurements ----------------------------------------------------------------------------------------------
@@ -289,6 +292,57 @@ def compare(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         empty_node.stop()
 
 
+def processes(ctx: dict[str, Any], args: argparse.Namespace) -> None:
+    """The same measurements on one Stratum process and on several (front-ends + coordinator), same run."""
+    node, problems = ctx["node"], ctx["problems"]
+    counts = args.processes
+    print(f"\n== processes: stratum.processes = {' vs '.join(map(str, counts))}; closed loop, {args.inflight} in "
+          f"flight, {args.seconds:g} s windows; new tip -> miners notified ({args.tips} tip(s) per size, "
+          f"{args.client_procs} client process(es)); srv = pool CPU with its front-ends (100% = one core)")
+    rows: dict[str, dict[int, str]] = {}
+    for n in counts:
+        overrides = {**args.overrides, "stratum.processes": n}
+        pool = Pool(node, ctx["tmp"], f"procs-{n}", overrides=overrides)
+        try:
+            time.sleep(0.5)
+            for k in args.connections:
+                for name, d in (("reject", REJECT_D), ("accept", ACCEPT_D)):
+                    r = window(pool.port, pool.pid, k, d, args.seconds, args.inflight, node=node)
+                    check(r, d == ACCEPT_D, problems, f"processes={n} {name} K={k}")
+                    rows.setdefault(f"{name} replies/s, {k:,} conns", {})[n] = \
+                        f"{r['rate']:,.0f} (srv {r['server']:.0%}, client {r['client_cpu']:.0%})"
+        finally:
+            pool.stop()
+        for size in args.proc_hold:
+            pool = Pool(node, ctx["tmp"], f"procs-{n}-hold-{size}", overrides=overrides)
+            try:
+                miners = Fleet(pool.port, size, ACCEPT_D, args.client_procs)
+                try:
+                    time.sleep(1.0)
+                    lasts, firsts = [], []
+                    for _ in range(args.tips):
+                        watch = node.call("benchnexttip")
+                        miners.command(cmd="arm", watch=watch)
+                        tip = node.new_tip()
+                        seen = miners.command(cmd="report", timeout=30)
+                        if seen["seen"] < seen["of"]:
+                            problems.append(f"processes={n} hold {size}: {seen['seen']} of {seen['of']} notified")
+                        if seen["first"]:
+                            firsts.append((seen["first"] - tip["announced"]) * 1e3)
+                        if seen["last"]:
+                            lasts.append((seen["last"] - tip["announced"]) * 1e3)
+                        time.sleep(0.5)
+                    rows.setdefault(f"new tip -> first/last of {size:,} (ms)", {})[n] = \
+                        f"{min(firsts, default=float('nan')):.0f} / {max(lasts, default=float('nan')):.0f}"
+                finally:
+                    miners.stop()
+            finally:
+                pool.stop()
+    print(f"  {'':<38}" + "".join(f"{f'N = {n}':>34}" for n in counts))
+    for label, by_n in rows.items():
+        print(f"  {label:<38}" + "".join(f"{by_n.get(n, '-'):>34}" for n in counts))
+
+
 STAGES = (  # (label, substrings of "file:function" whose cumulative time is the stage's)
     ("share check (C hash + job lookup)", ("shares.py:check_submission",)),
     ("ShareRecord (incl. total_fees sums)", ("coordinator.py:share_record",)),
@@ -378,7 +432,7 @@ def profile(ctx: dict[str, Any], args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short windows and smaller sizes (under 90 s)")
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}")
+    p.add_argument("--only", default=",".join(SECTIONS[:-1]), help=f"sections to run: {','.join(SECTIONS)}")
     p.add_argument("--seconds", type=float, help="timed window per measurement (default 3; quick 1.5)")
     p.add_argument("--inflight", type=int, default=1, help="throughput: submits in flight per connection")
     p.add_argument("--connections", help="throughput: connection counts (default 100,1000; quick 100,1000)")
@@ -390,9 +444,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="extra pool setting for every pool started (repeatable), e.g. stratum.processes=2")
     p.add_argument("--client-procs", type=int, default=1, help="hold: load-generator processes (default 1)")
     p.add_argument("--profile-out", help="profile: keep the cProfile stats in this file")
+    p.add_argument("--processes", default="1,2", help="processes: stratum.processes values compared (default 1,2)")
+    p.add_argument("--proc-hold", help="processes: miners per new-tip measurement (default 1000,5000,10000)")
     args = p.parse_args(argv)
     q = args.quick
     args.only = [s for s in args.only.split(",") if s]
+    args.processes = [int(x) for x in args.processes.split(",")]
+    args.proc_hold = [int(x) for x in (args.proc_hold or ("1000,5000" if q else "1000,5000,10000")).split(",")]
     if any(s not in SECTIONS for s in args.only):
         p.error(f"--only takes {','.join(SECTIONS)}")
     args.seconds = args.seconds or (1.5 if q else 3.0)
