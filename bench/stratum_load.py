@@ -313,7 +313,7 @@ def processes(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                         f"{r['rate']:,.0f} (srv {r['server']:.0%}, client {r['client_cpu']:.0%})"
         finally:
             pool.stop()
-        for size in args.proc_hold:
+        for size in args.proc_hold:  # a fresh pool per size
             pool = Pool(node, ctx["tmp"], f"procs-{n}-hold-{size}", overrides=overrides)
             try:
                 miners = Fleet(pool.port, size, ACCEPT_D, args.client_procs)
@@ -450,7 +450,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q = args.quick
     args.only = [s for s in args.only.split(",") if s]
     args.processes = [int(x) for x in args.processes.split(",")]
-    args.proc_hold = [int(x) for x in (args.proc_hold or ("1000,5000" if q else "1000,5000,10000")).split(",")]
+    hold_sizes = "1000,5000" if q else "1000,5000,10000"
+    args.proc_hold = [int(x) for x in (hold_sizes if args.proc_hold is None else args.proc_hold).split(",") if x]
     if any(s not in SECTIONS for s in args.only):
         p.error(f"--only takes {','.join(SECTIONS)}")
     args.seconds = args.seconds or (1.5 if q else 3.0)

@@ -123,6 +123,20 @@ class Ledger:
         return self.submit(lambda c: book.insert_share(c, policy, s, s.network_difficulty, s.subsidy,
                                                        s.expected_fees))
 
+    def record_shares(self, shares: list[ShareRecord]) -> asyncio.Future[Any]:
+        """Several shares as one operation of the next commit: one savepoint and one answer for all of them
+        (a front-end process's batch); if one cannot be written, none is, and each is answered as failed."""
+        policy = self.policy
+        for s in shares:
+            if s.network_difficulty > 0:
+                self.network_difficulty = s.network_difficulty
+
+        def insert_all(c: sqlite3.Connection) -> None:
+            for s in shares:
+                book.insert_share(c, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
+
+        return self.submit(insert_all)
+
     def record_block(self, b: BlockRecord) -> asyncio.Future[Any]:
         policy = self.policy
         return self.submit(lambda c: book.insert_block(c, policy, b))

@@ -338,15 +338,20 @@ class FrontendPool:
     # ---- shares and blocks ---------------------------------------------------------------------------------
 
     def _ops(self, link: Link, ops: list[tuple[int, str, Any]]) -> None:
-        """A front-end's batch of ledger writes, queued in its order; each answered after its commit."""
+        """A front-end's batch of ledger writes, queued in its order; each answered after its commit. A run of
+        shares is one ledger operation (one savepoint, one answer): the coordinator's cost per share is a set
+        lookup and a row, not a future and a thread hand-off each."""
+        run: list[tuple[int, ShareRecord]] = []
         for seq, op, payload in ops:
             if op == "share":
-                future = self._share(payload)
-                if future is None:
+                if self._claim(payload):
+                    run.append((seq, payload))
+                else:
                     link.queue(Kind.ACKS, (seq, ("duplicate", "share already credited")))
-                    continue
-                future.add_done_callback(lambda f, s=seq, r=payload: self._acked(link, s, f, r))
                 continue
+            if run:
+                self._record_run(link, run)
+                run = []
             if op == "block":
                 future = self.ledger.record_block(payload)
             elif op == "status":
@@ -354,33 +359,43 @@ class FrontendPool:
             else:
                 link.queue(Kind.ACKS, (seq, ("failed", f"unknown ledger op {op!r}")))
                 continue
-            future.add_done_callback(lambda f, s=seq: self._acked(link, s, f, None))
+            future.add_done_callback(lambda f, s=seq: self._acked(link, [(s, None)], f))
+        if run:
+            self._record_run(link, run)
 
-    def _share(self, record: ShareRecord) -> asyncio.Future[Any] | None:
-        """Queue a share unless its solution was credited already (through any front-end)."""
+    def _claim(self, record: ShareRecord) -> bool:
+        """False when the share's solution was credited already (through any front-end)."""
         seen = self._seen.get(record.height)
         if seen is None:
             seen = self._seen[record.height] = set()
             while len(self._seen) > DUPLICATE_HEIGHTS:
                 self._seen.popitem(last=False)
         elif record.block_hash in seen:
-            return None
+            return False
         seen.add(record.block_hash)
-        return self.ledger.record_share(record)
+        return True
 
-    def _acked(self, link: Link, seq: int, future: asyncio.Future[Any], record: ShareRecord | None) -> None:
+    def _record_run(self, link: Link, run: list[tuple[int, ShareRecord]]) -> None:
+        future = self.ledger.record_shares([record for _, record in run])
+        future.add_done_callback(lambda f: self._acked(link, run, f))
+
+    def _acked(self, link: Link, entries: list[tuple[int, ShareRecord | None]], future: asyncio.Future[Any]) -> None:
         error = future.exception() if not future.cancelled() else asyncio.CancelledError()
         if error is None:
-            if record is not None:
-                self.coordinator.stats.accepted(record.address, record.worker, record.difficulty, record.ts)
-            link.queue(Kind.ACKS, (seq, None))
+            stats = self.coordinator.stats
+            for seq, record in entries:
+                if record is not None:
+                    stats.accepted(record.address, record.worker, record.difficulty, record.ts)
+                link.queue(Kind.ACKS, (seq, None))
             return
-        if record is not None:  # not credited: a resubmission must count
-            seen = self._seen.get(record.height)
-            if seen is not None:
-                seen.discard(record.block_hash)
         kind = "duplicate" if isinstance(error, DuplicateShare) else "failed"
-        link.queue(Kind.ACKS, (seq, (kind, str(error) or type(error).__name__)))
+        message = str(error) or type(error).__name__
+        for seq, record in entries:
+            if record is not None:  # not credited: a resubmission must count
+                seen = self._seen.get(record.height)
+                if seen is not None:
+                    seen.discard(record.block_hash)
+            link.queue(Kind.ACKS, (seq, (kind, message)))
 
     def _found(self, slot: _Slot, what: str, value: Any) -> None:
         if what == "found":

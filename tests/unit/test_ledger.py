@@ -472,3 +472,12 @@ async def test_workers_report_keeps_tiny_difficulties(ledger: Ledger):
     (row,) = reports.workers(ledger.path)[1]
     assert row[2] == 3
     assert row[3] == pytest.approx(3e-11)
+
+
+async def test_record_shares_writes_a_front_end_batch_as_one_operation(ledger: Ledger):
+    """A front-end process's run of shares: one operation, one answer, every row written (or none)."""
+    batch = [share("addr1", f"w{i}", difficulty=float(i + 1), network_difficulty=7.0) for i in range(5)]
+    await ledger.record_shares(batch)
+    rows = ledger.query("SELECT worker, difficulty FROM shares ORDER BY id")
+    assert rows == [(f"w{i}", float(i + 1)) for i in range(5)]
+    assert ledger.network_difficulty == 7.0  # the roll-up's window follows the newest share, as record_share
