@@ -321,3 +321,46 @@ async def test_admin_reconnect_reaches_miners_of_every_process(regtest, tmp_path
         finally:
             for miner in miners:
                 await miner.close()
+
+
+async def test_tls_and_solo_on_two_processes(regtest, tmp_path: Path):
+    """Both front-ends serve the TLS port too, and under SOLO each finder's coinbase pays its own address."""
+    from tests.integration.test_tls import tls_miner
+    from tests.support.chain import sats, subsidy
+    from tests.support.tls import client_context, make_cert
+
+    cert, key = make_cert(tmp_path / "tls", "pool-a")
+    stratum = {**TWO, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key)}
+    async with running_pool(regtest, tmp_path / "pool", stratum=stratum, difficulty=EASY,
+                            payout={"scheme": "solo", "fee_percent": 2.0}) as app:
+        assert app.server.tls_port and app.server.tls_port != app.server.port
+        kept: dict[int, Any] = {}
+        try:
+            for i in range(40):
+                address = await arpc(regtest, "getnewaddress", wallet="pool")
+                miner = await tls_miner(app.server.tls_port, f"{address}.rig{i}", client_context(cert))
+                index = process_of(miner.extranonce1)
+                if index in kept:
+                    await miner.close()
+                    continue
+                kept[index] = (miner, address)
+                if len(kept) == 2:
+                    break
+            assert set(kept) == {0, 1}, "TLS connections landed on one process only"
+            for miner, address in kept.values():
+                for _ in range(4):
+                    tip = await arpc(regtest, "getbestblockhash")
+                    reply, block_hash, _ = await mine_block_on(miner, tip, timeout=15)
+                    if reply.get("result") is True:
+                        break
+                    await asyncio.sleep(0.5)
+                assert reply["result"] is True, reply
+                await wait_tip(regtest, block_hash)
+                block = await arpc(regtest, "getblock", block_hash, 2)
+                value = subsidy(block["height"]) + sum(sats(tx["fee"]) for tx in block["tx"][1:])
+                spk = (await arpc(regtest, "getaddressinfo", address, wallet="pool"))["scriptPubKey"]
+                outs = {o["scriptPubKey"]["hex"]: sats(o["value"]) for o in block["tx"][0]["vout"]}
+                assert outs[spk] == value - value * 200 // 10_000, outs
+        finally:
+            for miner, _ in kept.values():
+                await miner.close()
