@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import json
 import os
 import pickle
 import secrets
@@ -53,7 +54,9 @@ START_TIMEOUT = 60.0  # seconds for every front-end to be listening at start
 COMMAND_TIMEOUT = 5.0
 RESTART_BACKOFF = (0.5, 10.0)  # first and longest wait before starting a dead front-end again
 STABLE_AFTER = 60.0  # a front-end up this long restarts without the accumulated backoff next time
-LINK_GRACE = 15.0  # a running front-end without its link this long is killed and started again
+LINK_GRACE = 15.0
+ADOPT_WAIT = 5.0  # seconds a coordinator started after a crash waits for the front-ends it left to link again
+STATE_FILE = "frontends.json"  # a running front-end without its link this long is killed and started again
 DUPLICATE_HEIGHTS = 3  # tips whose credited solutions are remembered for the cross-process duplicate check
 # Gauges summed over the front-ends (the coordinator's own value is not counted), or their maximum; any other
 # gauge is the coordinator's (templates, network, ledger), or the front-ends' maximum when it has none.
@@ -110,10 +113,30 @@ class _Slot:
     link_lost_at: float | None = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     unresolved: set[str] = dataclasses.field(default_factory=set)
+    running: bool = False  # started (or adopted) and not yet seen to exit
+    adopted: bool = False  # left running by a coordinator that crashed: not our child process
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        if self.proc is not None:
+            return self.proc.returncode is None
+        return bool(self.pid) and _pid_alive(self.pid)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.proc is not None:
+                self.proc.send_signal(sig)
+            elif self.pid:
+                os.kill(self.pid, sig)
+
+
+def _pid_alive(pid: int) -> bool:
+    """A process we did not start (adopted): alive and still a front-end (the pid was not reused)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"pool.server.frontend" in fh.read()
+    except OSError:
+        return False
 
 
 class FrontendPool:
@@ -150,33 +173,91 @@ class FrontendPool:
     # ---- start and stop ------------------------------------------------------------------------------------
 
     async def start(self) -> int:
+        """Listen for front-ends, adopt those a crashed coordinator left running (they kept their miners),
+        start the others, and return once every one is listening."""
         sc = self.config.stratum
-        plain = reserve_port(sc.host, sc.port)
+        _private_dir(self._dir)
+        survivors, state = self._survivors()
+        plain = reserve_port(sc.host, sc.port or (state.get("port", 0) if survivors else 0))
         self._reserved.append(plain)
         self.port = int(plain.getsockname()[1])
         tls_port = None
         if sc.tls_port is not None:
-            tls = reserve_port(sc.host, sc.tls_port)
+            tls = reserve_port(sc.host, sc.tls_port or (state.get("tls_port", 0) if survivors else 0))
             self._reserved.append(tls)
             self.tls_port = tls_port = int(tls.getsockname()[1])
         self._child_config = dataclasses.replace(
             self.config, stratum=dataclasses.replace(sc, port=self.port, tls_port=tls_port))
-        _private_dir(self._dir)
-        self._token = secrets.token_hex(16)
+        self._token = self._read_token() if survivors else ""
+        if not self._token:
+            self._token = secrets.token_hex(16)
+            self._write_private(self._dir / "token", self._token)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(self._accept, self.socket_path)
         os.chmod(self.socket_path, 0o600)
+        for index, pid in survivors.items():
+            slot = self.slots[index]
+            slot.pid, slot.adopted, slot.running = pid, True, True
+            slot.started_at = time.monotonic()
+            slot.ready = loop.create_future()
+        if survivors:
+            adopting = [slot.ready for slot in self.slots if slot.adopted and slot.ready is not None]
+            await asyncio.wait(adopting, timeout=ADOPT_WAIT)
+            for slot in self.slots:
+                if slot.adopted and slot.ready is not None and not slot.ready.done():
+                    log.error("frontend_not_adopted", process=slot.index, pid=slot.pid)
+                    slot.kill()
+                    slot.adopted = slot.running = False
+                elif slot.adopted:
+                    log.warning("frontend_adopted", process=slot.index, pid=slot.pid)
+                    self.metrics.frontend_up.labels(str(slot.index)).set(1)
         for slot in self.slots:
-            await self._spawn(slot)
+            if not slot.running:
+                await self._spawn(slot)
         waiting = [slot.ready for slot in self.slots if slot.ready is not None]
         done, pending = await asyncio.wait(waiting, timeout=START_TIMEOUT)
         if pending or any(f.exception() is not None for f in done):
             raise RuntimeError(f"{len(pending)} of {self.processes} Stratum front-end processes did not start")
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None,
-                 processes=self.processes)
+                 processes=self.processes, adopted=len(survivors))
         return self.port
+
+    def _survivors(self) -> tuple[dict[int, int], dict[str, Any]]:
+        """Front-ends a crashed coordinator left running: {index: pid} still alive, and the ports they use."""
+        try:
+            state = json.loads((self._dir / STATE_FILE).read_text())
+            pids = {int(i): int(p) for i, p in state.get("pids", {}).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}, {}
+        if state.get("processes") != self.processes:
+            for pid in pids.values():  # a different layout: they cannot be adopted
+                if _pid_alive(pid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGTERM)
+            return {}, {}
+        return {i: p for i, p in pids.items() if 0 <= i < self.processes and _pid_alive(p)}, state
+
+    def _save_state(self) -> None:
+        """Which processes run on which ports: what a coordinator started after a crash adopts."""
+        state = {"processes": self.processes, "port": self.port, "tls_port": self.tls_port,
+                 "pids": {str(s.index): s.pid for s in self.slots if s.running}}
+        self._write_private(self._dir / STATE_FILE, json.dumps(state))
+
+    def _read_token(self) -> str:
+        try:
+            return (self._dir / "token").read_text().strip()
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _write_private(path: Path, text: str) -> None:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
 
     async def _spawn(self, slot: _Slot) -> None:
         env = dict(os.environ)
@@ -189,6 +270,8 @@ class FrontendPool:
         slot.pid = slot.proc.pid
         slot.started_at = time.monotonic()
         slot.restart_at = None
+        slot.running, slot.adopted = True, False
+        self._save_state()
         self.metrics.frontend_up.labels(str(slot.index)).set(1)
         log.info("frontend_spawned", process=slot.index, pid=slot.pid)
 
@@ -198,18 +281,20 @@ class FrontendPool:
         for slot in self.slots:
             if slot.link is not None:
                 slot.link.send(Kind.COMMAND, (0, "stop", ()))
-            elif slot.alive and slot.proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    slot.proc.send_signal(signal.SIGTERM)
-        procs = [slot.proc for slot in self.slots if slot.proc is not None]
-        if procs:
-            _, left = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs], timeout=35)
-            for slot in self.slots:
-                if slot.alive and slot.proc is not None:
-                    log.error("frontend_kill", process=slot.index, pid=slot.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        slot.proc.kill()
-                    await slot.proc.wait()
+            elif slot.alive:
+                slot.kill(signal.SIGTERM)
+        deadline = time.monotonic() + 35
+        while any(slot.alive for slot in self.slots) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for slot in self.slots:
+            if slot.alive:
+                log.error("frontend_kill", process=slot.index, pid=slot.pid)
+                slot.kill()
+            if slot.proc is not None:
+                await slot.proc.wait()
+            slot.running = False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._dir / STATE_FILE)
         if self._server is not None:
             self._server.close()
         with contextlib.suppress(FileNotFoundError):
@@ -228,18 +313,18 @@ class FrontendPool:
                 continue
             now = time.monotonic()
             for slot in self.slots:
-                if slot.proc is not None and slot.proc.returncode is not None and slot.restart_at is None:
+                if slot.running and not slot.alive:
                     self._died(slot, now)
                 if slot.restart_at is not None and now >= slot.restart_at:
                     await self._spawn(slot)
-                elif slot.alive and slot.link is None and slot.link_lost_at is not None \
-                        and now - slot.link_lost_at > LINK_GRACE and slot.proc is not None:
+                elif slot.running and slot.link is None and slot.link_lost_at is not None \
+                        and now - slot.link_lost_at > LINK_GRACE:
                     log.error("frontend_unlinked_killed", process=slot.index, pid=slot.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        slot.proc.kill()
+                    slot.kill()
 
     def _died(self, slot: _Slot, now: float) -> None:
         code = slot.proc.returncode if slot.proc is not None else None
+        slot.running = slot.adopted = False
         if now - slot.started_at > STABLE_AFTER:
             slot.backoff = RESTART_BACKOFF[0]
         slot.restart_at = now + slot.backoff

@@ -9,6 +9,7 @@ until both have miners.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -364,3 +365,99 @@ async def test_tls_and_solo_on_two_processes(regtest, tmp_path: Path):
         finally:
             for miner, _ in kept.values():
                 await miner.close()
+
+
+async def _start_coordinator(config: Path, log: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """``pool run --config`` as an operator runs it; returns once its banner names the Stratum port."""
+    import re
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pool", "run", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=log.open("ab"), cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        if not line:
+            break
+        match = re.search(r"Stratum listening on [\d.]+:(\d+)", line)
+        if match:
+            return proc, int(match.group(1))
+    proc.kill()
+    await proc.wait()
+    raise AssertionError(f"pool did not start: {log.read_text()[-2000:]}")
+
+
+async def test_front_ends_survive_a_coordinator_crash(regtest, tmp_path: Path):
+    """kill -9 of the coordinator: the front-ends keep their miners (shares meanwhile: error 20, never true),
+    the next coordinator adopts them, and the same connections get shares committed again."""
+    import socket
+    import sqlite3
+
+    from pool.server.frontends import STATE_FILE, run_dir
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data_dir = tmp_path / "pool"
+    address = await arpc(regtest, "getnewaddress", wallet="pool")
+    config = tmp_path / "pool.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\n'
+        f'[node]\nrpc_url = "{regtest.rpc_url}"\nrpc_user = "{regtest.user}"\nrpc_password = "{regtest.password}"\n'
+        f'network = "regtest"\nzmq_hashblock = "{regtest.zmq_endpoint}"\n'
+        f'[stratum]\nhost = "127.0.0.1"\nport = {port}\nprocesses = 2\n'
+        f"[difficulty]\nstart = 1e-10\nmin = 1e-10\nmax = 1e-10\n"
+        f'[payout]\nscheme = "pplns"\npool_address = "{address}"\n'
+        f'[metrics]\nenabled = false\n[logging]\nlevel = "warning"\nformat = "json"\n'
+    )
+    log = tmp_path / "pool.log"
+    state = run_dir(str(data_dir)) / STATE_FILE
+    procs: list[asyncio.subprocess.Process] = []
+    miners: list[TestMiner] = []
+    try:
+        first, got_port = await _start_coordinator(config, log)
+        procs.append(first)
+        assert got_port == port
+        pids = json.loads(state.read_text())["pids"]
+        miners = await miners_on_both(port, f"{address}.w1")
+        for miner in miners:
+            reply, _ = await mine_share(miner)
+            assert reply["result"] is True, reply
+        first.kill()
+        await first.wait()
+        for miner in miners:  # the link is down: error 20, and the connection stays
+            reply, h = await mine_share(miner)
+            assert reply.get("result") is not True and reply["error"][0] == 20, reply
+        second, got_port = await _start_coordinator(config, log)
+        procs.append(second)
+        assert got_port == port
+        assert json.loads(state.read_text())["pids"] == pids, "the front-ends were replaced, not adopted"
+        hashes = []
+        for miner in miners:  # the same connections as before the crash
+            reply, h = await mine_share(miner)
+            assert reply["result"] is True, reply
+            hashes.append(h)
+        ledger = sqlite3.connect(data_dir / "ledger.sqlite3")
+        try:
+            stored = {r[0] for r in ledger.execute("SELECT block_hash FROM shares")}
+        finally:
+            ledger.close()
+        assert set(hashes) <= stored
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(second.wait(), 40) == 0
+        for pid in pids.values():
+            assert not Path(f"/proc/{pid}/cmdline").exists() or b"frontend" not in Path(
+                f"/proc/{pid}/cmdline").read_bytes(), "a front-end outlived the pool's shutdown"
+    finally:
+        for miner in miners:
+            await miner.close()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if state.exists():
+            for pid in json.loads(state.read_text())["pids"].values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
