@@ -316,6 +316,7 @@ def processes(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         for size in args.proc_hold:  # a fresh pool per size
             pool = Pool(node, ctx["tmp"], f"procs-{n}-hold-{size}", overrides=overrides)
             try:
+                time.sleep(0.5)
                 miners = Fleet(pool.port, size, ACCEPT_D, args.client_procs)
                 try:
                     time.sleep(1.0)
