@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -328,7 +329,7 @@ async def test_tls_and_solo_on_two_processes(regtest, tmp_path: Path):
     """Both front-ends serve the TLS port too, and under SOLO each finder's coinbase pays its own address."""
     from tests.integration.test_tls import tls_miner
     from tests.support.chain import sats, subsidy
-    from tests.support.tls import client_context, make_cert
+    from tests.support.tls import cert_fingerprint, client_context, make_cert
 
     cert, key = make_cert(tmp_path / "tls", "pool-a")
     stratum = {**TWO, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key)}
@@ -362,6 +363,24 @@ async def test_tls_and_solo_on_two_processes(regtest, tmp_path: Path):
                 spk = (await arpc(regtest, "getaddressinfo", address, wallet="pool"))["scriptPubKey"]
                 outs = {o["scriptPubKey"]["hex"]: sats(o["value"]) for o in block["tx"][0]["vout"]}
                 assert outs[spk] == value - value * 200 // 10_000, outs
+            # SIGHUP's reload reaches both processes: new connections on either get the new certificate.
+            new_cert, new_key = make_cert(tmp_path / "tls-new", "pool-b")
+            shutil.copy(new_cert, cert)
+            shutil.copy(new_key, key)
+            assert app.server.reload_tls() is True
+            trust_both = client_context(cert, new_cert)
+
+            async def both_reloaded() -> bool:
+                seen: dict[int, str] = {}
+                for _ in range(20):
+                    probe = await tls_miner(app.server.tls_port, f"{address}.probe", trust_both)
+                    seen[process_of(probe.extranonce1)] = probe.peer_fingerprint
+                    await probe.close()
+                    if len(seen) == 2:
+                        break
+                return set(seen.values()) == {cert_fingerprint(new_cert)} and len(seen) == 2
+
+            await wait_until(both_reloaded, 10, interval=0.2, what="the new certificate on both processes")
         finally:
             for miner, _ in kept.values():
                 await miner.close()
