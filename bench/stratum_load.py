@@ -298,7 +298,8 @@ def processes(ctx: dict[str, Any], args: argparse.Namespace) -> None:
     counts = args.processes
     print(f"\n== processes: stratum.processes = {' vs '.join(map(str, counts))}; closed loop, {args.inflight} in "
           f"flight, {args.seconds:g} s windows; new tip -> miners notified ({args.tips} tip(s) per size, "
-          f"{args.client_procs} client process(es)); srv = pool CPU with its front-ends (100% = one core)")
+          f"{args.client_procs} client process(es)); srv = pool CPU with its front-ends, main = the event-loop thread of "
+          "the process started (the coordinator when N >= 2); 100% = one core")
     rows: dict[str, dict[int, str]] = {}
     for n in counts:
         overrides = {**args.overrides, "stratum.processes": n}
@@ -309,8 +310,9 @@ def processes(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                 for name, d in (("reject", REJECT_D), ("accept", ACCEPT_D)):
                     r = window(pool.port, pool.pid, k, d, args.seconds, args.inflight, node=node)
                     check(r, d == ACCEPT_D, problems, f"processes={n} {name} K={k}")
+                    # "main": the main thread of the process `pool run` started (the coordinator when N >= 2).
                     rows.setdefault(f"{name} replies/s, {k:,} conns", {})[n] = \
-                        f"{r['rate']:,.0f} (srv {r['server']:.0%}, client {r['client_cpu']:.0%})"
+                        f"{r['rate']:,.0f} (srv {r['server']:.0%}, main {r['loop']:.0%})"
         finally:
             pool.stop()
         for size in args.proc_hold:  # a fresh pool per size

@@ -50,6 +50,8 @@ from pool.server.ipc import TEMPLATE_HEAD, Kind, Link, encode_raw
 
 log = structlog.get_logger("pool.frontends")
 
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the ``pool`` package
+
 START_TIMEOUT = 60.0  # seconds for every front-end to be listening at start
 COMMAND_TIMEOUT = 5.0
 RESTART_BACKOFF = (0.5, 10.0)  # first and longest wait before starting a dead front-end again
@@ -262,6 +264,8 @@ class FrontendPool:
     async def _spawn(self, slot: _Slot) -> None:
         env = dict(os.environ)
         env[TOKEN_ENV] = self._token
+        # The front-end imports this same code, wherever the pool was started from.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         slot.ready = asyncio.get_running_loop().create_future()
         slot.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pool.server.frontend", self.socket_path, str(slot.index),

@@ -162,3 +162,55 @@ def test_parent_only_families_are_kept() -> None:
     metrics = Metrics(registry)
     text = generate_latest(MergedMetrics(metrics, _Pool([])))  # type: ignore[arg-type]
     assert b"only_parent_total 2.0" in text and b"g_parent 3.0" in text
+
+
+async def test_coordinator_commits_a_batch_in_order_and_refuses_cross_process_duplicates(tmp_path) -> None:  # noqa: ANN001
+    """The coordinator's side with a real SQLite ledger: a run of shares is one write, a block row stays right
+    behind the share that found it, a solution seen before (from any front-end) is refused, and every
+    acknowledgment goes back to the link that sent the write."""
+    import dataclasses
+
+    from pool.config import Config
+    from pool.ledger.sqlite import BlockRecord, Ledger
+    from pool.server.coordinator import Coordinator
+    from pool.server.frontends import FrontendPool
+
+    ledger = Ledger(tmp_path / "ledger.sqlite3", rollup_interval=0)
+    try:
+        config = Config(stratum=dataclasses.replace(Config().stratum, processes=2), data_dir=str(tmp_path))
+        metrics = Metrics(CollectorRegistry())
+        coordinator = Coordinator(config, b"\x51", ledger, None, metrics)
+        pool = FrontendPool(config, metrics, ledger, coordinator, None, b"\x51")  # type: ignore[arg-type]
+        links = []
+        for _ in range(2):
+            link = Link(lambda kind, payload: None)
+            transport = FakeTransport()
+            link.connection_made(transport)  # type: ignore[arg-type]
+            links.append((link, transport))
+        block = BlockRecord(f"{2:064x}", 100, "addr", "w", 50, 50, 1.0, 0.0)
+        pool._ops(links[0][0], [(1, "share", _share(1)), (2, "share", _share(2)), (3, "block", block),
+                                (4, "share", _share(3)), (5, "share", _share(1))])
+        pool._ops(links[1][0], [(1, "share", _share(2)), (2, "share", _share(4))])  # 2: through the other one
+
+        def acks(transport: FakeTransport) -> dict[int, Any]:
+            out: dict[int, Any] = {}
+            for write in transport.writes:
+                for kind, payload in FrameDecoder().feed(write):
+                    if kind is Kind.ACKS:
+                        out.update(dict(pickle.loads(payload)))
+            return out
+
+        for _ in range(200):
+            if len(acks(links[0][1])) == 5 and len(acks(links[1][1])) == 2:
+                break
+            await asyncio.sleep(0.01)
+        first, second = acks(links[0][1]), acks(links[1][1])
+        assert first == {1: None, 2: None, 3: None, 4: None, 5: ("duplicate", "share already credited")}
+        assert second == {1: ("duplicate", "share already credited"), 2: None}
+        rows = ledger.query("SELECT block_hash FROM shares ORDER BY id")
+        assert [r[0][-1] for r in rows] == ["1", "2", "3", "4"]
+        last_share = ledger.query("SELECT last_share_id FROM blocks")[0][0]
+        assert last_share == 2  # the block's PPLNS window ends at the share that found it
+        assert coordinator.stats.workers[("addr", "w")].accepted == 4
+    finally:
+        ledger.close()
