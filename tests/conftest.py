@@ -83,6 +83,9 @@ def pool_config(node: RegtestNode, data_dir: Path, **overrides: dict) -> object:
         "metrics": {"port": 0},
         "logging": {"level": "warning", "format": "json"},
     }
+    # POOL_TEST_PROCESSES=2 runs the in-process pools of the suite as front-end processes + coordinator.
+    if os.environ.get("POOL_TEST_PROCESSES"):
+        raw["stratum"]["processes"] = int(os.environ["POOL_TEST_PROCESSES"])
     for section, values in overrides.items():
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)

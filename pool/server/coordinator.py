@@ -72,18 +72,20 @@ class Coordinator:
     # ---- work ----------------------------------------------------------------------------------------------
 
     def set_template(self, template: BlockTemplate, now: float | None = None,
-                     prepared: PreparedTemplate | None = None) -> bool:
+                     prepared: PreparedTemplate | None = None, force: bool = False) -> bool:
         """Adopt a new template; jobs are built lazily per payout variant.
 
         Returns False, keeping the current jobs, when the template gives the same work as the current one
         (a refresh, or ZMQ and long poll both announcing the same block): a byte-identical job under a new
         id only costs miners a restart. After ``JOB_MAX_AGE`` the work is renewed anyway so miners that
         drop old work (cpuminer after 120 s) keep mining; duplicates are judged per tip, so that renewal
-        cannot credit one solution twice.
+        cannot credit one solution twice. ``force``: a front-end process adopts what its coordinator decided
+        is new work (its own clock would judge the template's age a little differently).
         """
         now = time.monotonic() if now is None else now
         current = self.prepared
-        if current is not None and current.same_work(template) and now - self._prepared_at < JOB_MAX_AGE:
+        if not force and current is not None and current.same_work(template) \
+                and now - self._prepared_at < JOB_MAX_AGE:
             return False
         # Prepared on a worker thread by the template source when it can be (merkle branch, commitment).
         self.prepared = prepared if prepared is not None and prepared.template is template \

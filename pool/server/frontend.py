@@ -218,9 +218,9 @@ class Frontend:
         if self.coordinator is None or self.server is None:
             self._early_template = payload  # with the welcome, before the parts exist: applied at start
             return
-        new_tip, sent_at = TEMPLATE_HEAD.unpack_from(payload)
+        new_tip, fresh, sent_at = TEMPLATE_HEAD.unpack_from(payload)
         prepared = _loads(payload[TEMPLATE_HEAD.size:])
-        if not self.coordinator.set_template(prepared.template, prepared=prepared):
+        if not self.coordinator.set_template(prepared.template, prepared=prepared, force=fresh):
             return
         self.server.broadcast(clean=new_tip)
         if new_tip:

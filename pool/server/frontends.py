@@ -402,14 +402,14 @@ class FrontendPool:
         slot.link = link
         slot.link_lost_at = None
         link.send(Kind.WELCOME, (self._child_config, self.creds, self.pool_script, list(self._released)))
-        if self._template_body is not None:
-            link.send_raw(self._template_frame(True))
+        if self._template_body is not None:  # the current work: a front-end that relinks may have it already
+            link.send_raw(self._template_frame(True, False))
 
     # ---- templates -----------------------------------------------------------------------------------------
 
-    def _template_frame(self, clean: bool) -> bytes:
+    def _template_frame(self, clean: bool, fresh: bool) -> bytes:
         assert self._template_body is not None
-        return encode_raw(Kind.TEMPLATE, TEMPLATE_HEAD.pack(clean, time.monotonic()) + self._template_body)
+        return encode_raw(Kind.TEMPLATE, TEMPLATE_HEAD.pack(clean, fresh, time.monotonic()) + self._template_body)
 
     def broadcast(self, clean: bool) -> int:
         """The coordinator's current template to every front-end (pickled once); returns the miners with work."""
@@ -417,7 +417,7 @@ class FrontendPool:
         if prepared is None:
             return 0
         self._template_body = pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)
-        frame = self._template_frame(clean)
+        frame = self._template_frame(clean, True)
         for slot in self.slots:
             if slot.link is not None:
                 slot.link.send_raw(frame)

@@ -43,7 +43,9 @@ class Kind(IntEnum):
     REFUSED = 13  # (c) this front-end is not wanted (bad token, index taken): it exits
 
 
-TEMPLATE_HEAD = struct.Struct(">?d")  # new tip, coordinator's monotonic clock when sent (same host clock)
+# New tip; new work (a broadcast: adopt it even if it looks like the current work, the coordinator renewed it on
+# purpose) or the current work again (to a front-end that (re)joins); coordinator's monotonic clock when sent.
+TEMPLATE_HEAD = struct.Struct(">??d")
 BATCHED = frozenset({Kind.OPS, Kind.ACKS, Kind.RELEASED, Kind.CLAIMED})
 
 

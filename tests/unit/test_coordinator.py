@@ -241,3 +241,12 @@ def test_a_template_prepared_off_the_loop_is_used_as_is(tmp_path: Path) -> None:
     assert coord.set_template(other, prepared=ready) is True  # a mismatched one is not trusted
     assert coord.prepared is not ready and coord.prepared.template is other
     coord.ledger.close()
+
+
+async def test_forced_template_is_adopted_even_when_it_looks_like_the_current_work(tmp_path: Path) -> None:
+    """A front-end's coordinator: the coordinator process renewed the work (it aged out for cpuminer); the
+    front-end's clock saw the previous template a few ms later and would otherwise keep the old jobs."""
+    coord = make_coordinator(tmp_path)
+    assert coord.set_template(template(), now=100.0) is True
+    assert coord.set_template(template(), now=100.0 + JOB_MAX_AGE - 0.01) is False
+    assert coord.set_template(template(), now=100.0 + JOB_MAX_AGE - 0.01, force=True) is True
