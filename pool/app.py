@@ -156,6 +156,11 @@ class PoolApp:
             out |= self.server.unresolved()
         return out
 
+    async def refresh_live(self) -> None:
+        """Before a scrape or an API answer: the front-end processes' figures of now (no-op in one process)."""
+        if isinstance(self.server, FrontendPool):
+            await self.server.refresh()
+
     def metrics_registry(self) -> object:
         """What /metrics renders: this process's registry, merged with every front-end process's if any."""
         return self.server.merged if isinstance(self.server, FrontendPool) else self.metrics.registry

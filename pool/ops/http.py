@@ -103,6 +103,7 @@ class HttpApi:
     async def metrics(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         self.pool.metrics.pending_payouts.set(await loop.run_in_executor(None, self.pool.pending_payouts))
+        await self.pool.refresh_live()
         self.pool.refresh_gauges()
         body = generate_latest(self.pool.metrics_registry())  # type: ignore[arg-type]
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -116,12 +117,14 @@ class HttpApi:
         return web.json_response({"ready": not problems, "problems": problems}, status=status)
 
     async def api_pool(self, request: web.Request) -> web.Response:
+        await self.pool.refresh_live()
         return web.json_response(self.pool.pool_summary())
 
     async def api_address(self, request: web.Request) -> web.Response:
         address = request.match_info["address"]
         if len(address) > 100:
             return web.json_response({"error": "address too long"}, status=400)
+        await self.pool.refresh_live()
         workers = self.pool.address_workers(address)  # live stats: read here, on the loop that changes them
         loop = asyncio.get_running_loop()
         body: dict[str, Any] = await loop.run_in_executor(None, self.pool.address_summary, address, workers)

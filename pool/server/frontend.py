@@ -239,6 +239,8 @@ class Frontend:
             result = server.set_version_mask(*args)
         elif name == "reload_tls":
             result = server.reload_tls()
+        elif name == "stats":  # a scrape or API call wants figures of now: they go before the reply
+            self._send_stats()
         if self.link is not None:
             self.link.send(Kind.REPLY, (command_id, result))
 
@@ -326,22 +328,25 @@ class Frontend:
         """Every second: this process's metrics and counts to the coordinator, which merges all processes."""
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            link, server = self.link, self.server
-            if link is None or server is None:
-                continue
-            rejects = dict(self.stats.rejects)
-            self.stats.rejects.clear()
-            states = server.session_states()
-            for state, count in states.items():
-                self.metrics.sessions.labels(state).set(count)
-            link.send(Kind.STATS, {
-                "metrics": [m for m in self.metrics.registry.collect() if not m.name.startswith("python_")],
-                "states": states,
-                "connections": len(server.sessions),
-                "rejects": rejects,
-                "unresolved": sorted(self.submitter.unresolved()) if self.submitter else [],
-                "in_flight": self.ledger.in_flight,
-            })
+            self._send_stats()
+
+    def _send_stats(self) -> None:
+        link, server = self.link, self.server
+        if link is None or server is None:
+            return
+        rejects = dict(self.stats.rejects)
+        self.stats.rejects.clear()
+        states = server.session_states()
+        for state, count in states.items():
+            self.metrics.sessions.labels(state).set(count)
+        link.send(Kind.STATS, {
+            "metrics": [m for m in self.metrics.registry.collect() if not m.name.startswith("python_")],
+            "states": states,
+            "connections": len(server.sessions),
+            "rejects": rejects,
+            "unresolved": sorted(self.submitter.unresolved()) if self.submitter else [],
+            "in_flight": self.ledger.in_flight,
+        })
 
     async def _loop_lag(self) -> None:
         while True:

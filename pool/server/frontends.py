@@ -54,6 +54,7 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding
 
 START_TIMEOUT = 60.0  # seconds for every front-end to be listening at start
 COMMAND_TIMEOUT = 5.0
+STATS_TIMEOUT = 0.5  # a scrape waits this long at most for fresh figures from the front-ends
 RESTART_BACKOFF = (0.5, 10.0)  # first and longest wait before starting a dead front-end again
 STABLE_AFTER = 60.0  # a front-end up this long restarts without the accumulated backoff next time
 LINK_GRACE = 15.0
@@ -554,8 +555,8 @@ class FrontendPool:
     def connection_count(self) -> int:
         return sum(int(slot.stats.get("connections", 0)) for slot in self.slots)
 
-    async def _command(self, name: str, *args: Any) -> list[Any]:
-        """Send a command to every linked front-end; their answers (within ``COMMAND_TIMEOUT``)."""
+    async def _command(self, name: str, *args: Any, timeout: float = COMMAND_TIMEOUT) -> list[Any]:
+        """Send a command to every linked front-end; their answers (within ``timeout``)."""
         command_id = next(self._commands)
         links = [slot.link for slot in self.slots if slot.link is not None]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -565,7 +566,7 @@ class FrontendPool:
             link.send(Kind.COMMAND, (command_id, name, args))
         if links:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(done), COMMAND_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(done), timeout)
         self._replies.pop(command_id, None)
         return answers
 
@@ -577,6 +578,11 @@ class FrontendPool:
         answers.append(result)
         if len(answers) >= expected and not done.done():
             done.set_result(None)
+
+    async def refresh(self) -> None:
+        """Fresh figures from every front-end before a scrape or an API answer (bounded by COMMAND_TIMEOUT;
+        otherwise the last ones, at most a second old, are used)."""
+        await self._command("stats", timeout=STATS_TIMEOUT)
 
     async def reconnect_all(self, host: str, port: int, wait_seconds: int = 0) -> int:
         return sum(int(a) for a in await self._command("reconnect", host, port, wait_seconds))
