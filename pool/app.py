@@ -13,6 +13,7 @@ from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
+from pool.ledger.history import HistoryWriter, Retention
 from pool.ledger.sqlite import Ledger
 from pool.mining.jobs import BlockTemplate
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
@@ -44,6 +45,7 @@ class PoolApp:
         self.submitter: BlockSubmitter | None = None
         self.pool_address = config.payout.pool_address
         self.http: HttpApi | None = None
+        self.history: HistoryWriter | None = None
         self.maturity: MaturityTracker | None = None
         self.payments: PaymentProcessor | None = None
         self.wallet: NodeClient | None = None
@@ -109,6 +111,9 @@ class PoolApp:
             lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         await self.coordinator.replay_block_rows()
+        hc = cfg.history
+        self.history = HistoryWriter(self.ledger, self.coordinator.history, Retention(
+            hc.flush_interval, hc.minutely_keep_hours * 3600, hc.hourly_keep_days * 86400))
         self.server = StratumServer(cfg, self.coordinator, self.metrics)
         self.source = TemplateSource(
             self.client,
@@ -130,6 +135,7 @@ class PoolApp:
         sup.start("stratum-housekeeping", self.server.housekeeping)
         sup.start("template-age", self._age_loop, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
+        sup.start("history", self.history.run, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
                                         on_change=self._on_block_status, in_flight=self.submitter.unresolved)
         sup.start("maturity", self.maturity.run)
@@ -326,6 +332,8 @@ class PoolApp:
             await self.submitter.drain()
         if self.coordinator is not None:
             await self.coordinator.drain()
+        if self.history is not None and self.ledger is not None and self.ledger.failure is None:
+            await self.history.flush()  # the last seconds of work, before the writer closes
         if self.ledger is not None:
             self.ledger.close()
         if self.client is not None:

@@ -113,6 +113,23 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """Chart history in the ledger (ledger/history.py): how often it is written and how long it is kept."""
+
+    flush_interval: float = 15.0  # seconds between writes of the work summed in memory
+    minutely_keep_hours: float = 48.0
+    hourly_keep_days: float = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """The read-only web pages (ops/dashboard.py), served on the metrics listener."""
+
+    enabled: bool = True
+    title: str = "pool"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = NodeConfig()
     stratum: StratumConfig = StratumConfig()
@@ -120,6 +137,8 @@ class Config:
     payout: PayoutConfig = PayoutConfig()
     regtest: RegtestConfig = RegtestConfig()
     admin: AdminConfig = AdminConfig()
+    history: HistoryConfig = HistoryConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     data_dir: str = "data"
     ledger_path: str = ""
     metrics_enabled: bool = True
@@ -340,6 +359,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"payout.pool_address is required for scheme {payout.scheme!r}")
 
     admin = _admin(_section(raw, "admin"), env)
+    history, dashboard = _history(_section(raw, "history")), _dashboard(_section(raw, "dashboard"))
 
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
@@ -352,6 +372,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         payout=payout,
         regtest=regtest,
         admin=admin,
+        history=history,
+        dashboard=dashboard,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
         metrics_enabled=metrics_table.boolean("enabled", True),
@@ -384,6 +406,27 @@ def _check_tls(stratum: StratumConfig) -> None:
         load_tls_context(stratum.tls_cert, stratum.tls_key)
     except TlsError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _history(h: _Reader) -> HistoryConfig:
+    history = HistoryConfig(
+        flush_interval=h.number("flush_interval", 15.0, 1, 300),
+        minutely_keep_hours=h.number("minutely_keep_hours", 48.0, 1, 24 * 31),
+        hourly_keep_days=h.number("hourly_keep_days", 90.0, 1, 3660),
+    )
+    h.done()
+    if history.hourly_keep_days * 24 < history.minutely_keep_hours:
+        raise ConfigError("history.hourly_keep_days must cover history.minutely_keep_hours"
+                          " (hourly rows outlive minutely ones)")
+    return history
+
+
+def _dashboard(d: _Reader) -> DashboardConfig:
+    dashboard = DashboardConfig(enabled=d.boolean("enabled", True), title=d.string("title", "pool").strip())
+    d.done()
+    if not 0 < len(dashboard.title) <= 80 or not dashboard.title.isprintable():
+        raise ConfigError(f"dashboard.title must be 1-80 printable characters, got {dashboard.title[:90]!r}")
+    return dashboard
 
 
 def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
