@@ -15,6 +15,7 @@
     const units = ["", "k", "M", "G", "T", "P", "E"];
     let i = 0;
     let v = Number(value);
+    if (v !== 0 && Math.abs(v) < 0.01) return v.toExponential(2);  // regtest and test difficulties
     while (Math.abs(v) >= 1000 && i < units.length - 1) { v /= 1000; i += 1; }
     const digits = Math.abs(v) >= 100 || (i === 0 && Number.isInteger(v)) ? 0 : Math.abs(v) >= 10 ? 1 : 2;
     return v.toFixed(digits) + (units[i] ? " " + units[i] : "");
