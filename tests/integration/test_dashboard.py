@@ -266,3 +266,17 @@ async def check_pages(context: Any, base: str, address: str, blocks: int, shots:
     watch.check()
     await page.close()
     await asyncio.sleep(0)
+
+
+async def test_dashboard_disabled_keeps_the_api(regtest, tmp_path: Path):
+    """``dashboard.enabled = false``: no pages or assets, the history API still answers."""
+    async with running_pool(regtest, tmp_path / "pool", dashboard={"enabled": False}) as app:
+        base = f"http://127.0.0.1:{app.http.port}"
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+            for path in ("/", "/address/x", "/static/chart.js"):
+                async with http.get(base + path) as resp:
+                    assert resp.status == 404, path
+            async with http.get(base + "/api/history/pool?span=1h") as resp:
+                assert resp.status == 200
+                body = await resp.json()
+                assert len(body["points"]) == 60 and all(p[2] == 0 for p in body["points"])
