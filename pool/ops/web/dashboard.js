@@ -187,59 +187,63 @@
     }));
   }
 
-  function first(obj, keys) {
-    for (const key of keys) if (obj[key] !== undefined && obj[key] !== null) return obj[key];
-    return undefined;
+  function fmtWhen(value) {
+    if (value === undefined || value === null || value === "") return "–";
+    if (typeof value === "number") return fmtTime(value);
+    const parsed = Date.parse(String(value));
+    return isNaN(parsed) ? String(value) : new Date(parsed).toLocaleString();
   }
 
+  function fmtKw(watts) { return (Number(watts) / 1000).toFixed(1) + " kW"; }
+
+  /* One site from /api/sites: {name, miners, workers, hashrate, power_watts, power_budget_watts, budget_share,
+   * accepted, rejected, blocks, silent_workers, curtailment: {state, reason, since, until, next_window}}. */
   function siteCard(site) {
     const card = document.createElement("div");
     card.className = "site";
     const head = document.createElement("h2");
     head.textContent = String(site.name ?? "site");
     const curtailment = site.curtailment && typeof site.curtailment === "object" ? site.curtailment : {};
-    const curtailed = Boolean(first(site, ["curtailed"]) ?? first(curtailment, ["active", "curtailed"]));
-    const state = document.createElement("span");
-    state.className = "badge " + (curtailed ? "badge-off" : "badge-on");
-    state.textContent = curtailed ? "curtailed" : "running";
+    const state = String(curtailment.state || "normal");
+    const badge = document.createElement("span");
+    badge.className = "badge " + (state === "curtailed" ? "badge-off" : state === "ramping" ? "badge-ramp" : "badge-on");
+    badge.textContent = state;
     head.appendChild(document.createTextNode(" "));
-    head.appendChild(state);
+    head.appendChild(badge);
     card.appendChild(head);
-    const power = Number(first(site, ["power_kw", "estimated_power_kw", "power"]) ?? 0);
-    const budget = Number(first(site, ["power_budget_kw", "budget_kw"]) ?? 0);
+    const power = Number(site.power_watts ?? 0);
+    const budget = Number(site.power_budget_watts ?? 0);
+    const facts = [
+      ["Hashrate", window.PoolChart.formatHashrate(Number(site.hashrate ?? 0))],
+      ["Miners / workers", fmtNumber(site.miners) + " / " + fmtNumber(site.workers)],
+      ["Estimated power", fmtKw(power) + (budget > 0 ? " of " + fmtKw(budget) + " budget" : "")],
+      ["Shares accepted / rejected", fmtNumber(site.accepted) + " / " + fmtNumber(site.rejected)],
+      ["Blocks", fmtNumber(site.blocks)],
+      ["Silent workers", fmtNumber(site.silent_workers)],
+    ];
+    if (state === "curtailed") {
+      facts.push(["Curtailed", fmtWhen(curtailment.since) + " – " + fmtWhen(curtailment.until) +
+        (curtailment.reason ? " (" + String(curtailment.reason) + ")" : "")]);
+    }
+    const next = curtailment.next_window;
+    facts.push(["Next scheduled curtailment", next && typeof next === "object" ?
+      fmtWhen(next.start) + " – " + fmtWhen(next.end) : "none"]);
     const table = document.createElement("table");
     const tbody = document.createElement("tbody");
-    const facts = [
-      ["Hashrate", window.PoolChart.formatHashrate(Number(first(site, ["hashrate", "hashrate_hps"]) ?? 0))],
-      ["Miners", fmtNumber(first(site, ["miners", "connections", "sessions"]))],
-      ["Estimated power", power.toFixed(1) + " kW" + (budget > 0 ? " of " + budget.toFixed(1) + " kW" : "")],
-      ["Shares accepted / rejected", fmtNumber(first(site, ["accepted", "shares_accepted"])) + " / " +
-        fmtNumber(first(site, ["rejected", "shares_rejected"]))],
-      ["Blocks", fmtNumber(first(site, ["blocks", "blocks_found"]))],
-    ];
-    const until = first(curtailment, ["until", "ends_at", "end"]) ?? first(site, ["curtailed_until"]);
-    if (curtailed && until) facts.push(["Curtailed until", typeof until === "number" ? fmtTime(until) : String(until)]);
-    const next = first(site, ["next_window", "next_curtailment"]) ?? first(curtailment, ["next_window", "next"]);
-    if (next) {
-      const start = typeof next === "object" ? first(next, ["start", "from", "starts_at"]) : next;
-      const end = typeof next === "object" ? first(next, ["end", "to", "ends_at"]) : undefined;
-      const show = (v) => (typeof v === "number" ? fmtTime(v) : String(v));
-      facts.push(["Next scheduled curtailment", show(start) + (end ? " – " + show(end) : "")]);
-    }
     for (const [k, v] of facts) tbody.appendChild(row([k, v]));
     table.appendChild(tbody);
     card.appendChild(table);
     if (budget > 0) {
+      const share = Math.max(0, site.budget_share ?? power / budget);
       const bar = document.createElement("div");
       bar.className = "budget";
       const fill = document.createElement("div");
-      const share = Math.max(0, power / budget);
       fill.className = "budget-fill" + (share > 1 ? " over" : "");
       fill.style.width = Math.min(100, share * 100).toFixed(1) + "%";
       bar.appendChild(fill);
       const label = document.createElement("span");
       label.className = "budget-label";
-      label.textContent = (share * 100).toFixed(0) + "% of power budget";
+      label.textContent = (share * 100).toFixed(share < 0.1 ? 2 : 0) + "% of the power budget";
       card.appendChild(bar);
       card.appendChild(label);
     }
