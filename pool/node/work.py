@@ -134,9 +134,13 @@ class TemplateSource:
         if self.template is not None and self.template.prevhash_hex == block_hash:
             self.zmq_trusted = True
         elif self._empty_first and self.template is not None and block_hash:
+            # The full fetch waits for the empty work to be out: decoding megabytes of template JSON on the RPC
+            # thread holds the GIL for tens of milliseconds, which would delay the header and the broadcast.
             task = asyncio.ensure_future(self._speculate(block_hash))
             self._speculating.add(task)
             task.add_done_callback(self._speculating.discard)
+            task.add_done_callback(lambda _: self.trigger("zmq"))
+            return
         self.trigger("zmq")
 
     async def _speculate(self, block_hash: str) -> None:
