@@ -122,6 +122,7 @@ class PoolApp:
             longpoll=cfg.node.longpoll,
             zmq_endpoint=zmq,
             on_health=lambda up: self.metrics.bitcoind_up.set(1 if up else 0),
+            empty_first_network=cfg.node.network if cfg.node.empty_block_first else None,
         )
         self.submitter.resubmit_pending()
         await self.source.fetch("start")
@@ -169,6 +170,7 @@ class PoolApp:
         sent = self.server.broadcast(clean=new_tip) if self.server is not None else 0
         if new_tip:
             self.metrics.new_tip_notify_seconds.observe(time.perf_counter() - start)
+        self.metrics.templates.labels("empty" if reason == "zmq-empty" else "full").inc()
         (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason,
                                              miners=sent, txs=len(template.transactions))
 

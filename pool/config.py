@@ -36,6 +36,7 @@ class NodeConfig:
     longpoll: bool = True
     refresh_interval: float = 30.0
     submit_retry_max_delay: float = 5.0  # cap of the backoff between submitblock attempts to an unreachable node
+    empty_block_first: bool = True  # on a ZMQ tip: coinbase-only work at once, the full template after
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         longpoll=n.boolean("longpoll", True),
         refresh_interval=n.number("refresh_interval", 30.0, 1, 110),
         submit_retry_max_delay=n.number("submit_retry_max_delay", 5.0, 0.2, 60),
+        empty_block_first=n.boolean("empty_block_first", True),
     )
     n.done()
     if not node.rpc_url.startswith(("http://", "https://")):

@@ -124,6 +124,9 @@ class Metrics:
             registry=r,
         )
         self.jobs_broadcast = Counter("pool_jobs_broadcast_total", "Job broadcasts by kind", ["kind"], registry=r)
+        self.templates = Counter(
+            "pool_templates_total", "Templates adopted: full (getblocktemplate) or empty (coinbase-only, new tip)",
+            ["kind"], registry=r)
         self.bitcoind_up = Gauge("pool_bitcoind_up", "1 when bitcoind answers and gives templates", registry=r)
         self.rpc_seconds = Histogram(
             "pool_bitcoind_rpc_seconds", "bitcoind RPC latency by method", ["method"], registry=r
