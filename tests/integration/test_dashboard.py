@@ -280,3 +280,48 @@ async def test_dashboard_disabled_keeps_the_api(regtest, tmp_path: Path):
                 assert resp.status == 200
                 body = await resp.json()
                 assert len(body["points"]) == 60 and all(p[2] == 0 for p in body["points"])
+
+
+SITES = [{"name": "lab", "cidrs": ["127.0.0.1/32"], "power_budget_kw": 2, "efficiency_j_per_th": 20}]
+ADMIN_TOKEN = "dashboard-test-token-0123456789"
+
+
+async def test_sites_page_in_chromium(regtest, tmp_path: Path, browser, screenshot_dir: Path):
+    """With sites configured: the Sites link appears, each site shows hashrate and power against its budget,
+    and a curtailment (made over the admin API, never from the page) shows as the site's state."""
+    try:
+        import pool.ops.sites_api  # noqa: F401  (the sites feature)
+    except ImportError:
+        pytest.skip("this build has no sites feature (/api/sites)")
+    async with running_pool(regtest, tmp_path / "pool", site=SITES, admin={"token": ADMIN_TOKEN}) as app:
+        address = await arpc(regtest, "getnewaddress", wallet="pool")
+        base = f"http://127.0.0.1:{app.http.port}"
+        miner = await connect_miner(app.server.port, f"{address}.rig1", "d=1e-8")
+        try:
+            assert await mine_blocks(regtest, miner, 2)
+        finally:
+            await miner.close()
+        page = await browser.new_page()
+        watch = Watch(page)
+        await page.goto(base + "/")
+        await page.click("#nav-sites")
+        await page.wait_for_url(re.compile(r".*/sites$"))
+        card = page.locator(".site", has_text="lab")
+        await card.wait_for()
+        text = await card.inner_text()
+        assert "normal" in text and "of 2.0 kW budget" in text and "Next scheduled curtailment" in text
+        assert await card.locator(".budget-fill").count() == 1
+        await page.screenshot(path=str(screenshot_dir / "sites.png"), full_page=True)
+        watch.check()
+
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+            async with http.post(f"{base}/admin/sites/lab/curtail?until={until}",
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+                assert resp.status == 200, await resp.text()
+        await page.reload()
+        await page.locator(".site .badge-off", has_text="curtailed").wait_for()
+        assert "Curtailed" in await page.locator(".site", has_text="lab").inner_text()
+        await page.screenshot(path=str(screenshot_dir / "sites-curtailed.png"), full_page=True)
+        watch.check()
+        await page.close()
