@@ -83,10 +83,11 @@ class Dashboard:
 
     # ---- pages ---------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def has_sites(request: web.Request) -> bool:
-        """Whether this listener serves /api/sites (the sites feature): the Sites page is linked only then."""
-        return any(r.canonical == "/api/sites" for r in request.app.router.resources())
+    def has_sites(self, request: web.Request) -> bool:
+        """Whether this listener serves /api/sites (the sites feature) and sites are configured: the Sites page
+        is linked only then."""
+        configured = getattr(getattr(self.pool.config, "programme", None), "sites", ())
+        return bool(configured) and any(r.canonical == "/api/sites" for r in request.app.router.resources())
 
     def _page(self, page: str, sites: bool, status: int = 200) -> web.Response:
         body = self._rendered.get((page, sites))

@@ -194,7 +194,10 @@
     return isNaN(parsed) ? String(value) : new Date(parsed).toLocaleString();
   }
 
-  function fmtKw(watts) { return (Number(watts) / 1000).toFixed(1) + " kW"; }
+  function fmtKw(watts) {
+    const w = Number(watts);
+    return w >= 1000 || w === 0 ? (w / 1000).toFixed(1) + " kW" : w.toFixed(w < 10 ? 2 : 0) + " W";
+  }
 
   /* One site from /api/sites: {name, miners, workers, hashrate, power_watts, power_budget_watts, budget_share,
    * accepted, rejected, blocks, silent_workers, curtailment: {state, reason, since, until, next_window}}. */
