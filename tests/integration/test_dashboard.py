@@ -164,7 +164,9 @@ async def test_dashboard_in_chromium(regtest, tmp_path: Path, browser, screensho
 
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
             await check_api(http, base, address, len(found), txid)
-        await check_pages(browser, base, address, len(found), screenshot_dir)
+            async with http.get(f"{base}/api/address/{address}") as resp:
+                has_best = "best_shares" in await resp.json()  # the best-share feature, where it is built in
+        await check_pages(browser, base, address, len(found), screenshot_dir, has_best)
 
 
 async def check_api(http: aiohttp.ClientSession, base: str, address: str, blocks: int, txid: str) -> None:
@@ -213,7 +215,7 @@ async def check_api(http: aiohttp.ClientSession, base: str, address: str, blocks
     assert status == 200 and headers["Content-Type"].startswith("text/javascript") and "PoolChart" in body
 
 
-async def check_pages(context: Any, base: str, address: str, blocks: int, shots: Path) -> None:
+async def check_pages(context: Any, base: str, address: str, blocks: int, shots: Path, has_best: bool) -> None:
     page = await context.new_page()
     watch = Watch(page)
     # The pages' CSP forbids eval, so waits here are selectors (Playwright's wait_for_function evaluates
@@ -242,6 +244,10 @@ async def check_pages(context: Any, base: str, address: str, blocks: int, shots:
     shares_text = await page.inner_text("#shares-table")
     assert XSS in shares_text and "rig1" in shares_text  # the hostile name, as text
     assert await page.locator("main img").count() == 0
+    assert await page.locator("#shares-table th.best").first.is_visible() is has_best
+    if has_best:  # each worker's best share, kept by the ledger, beside its totals
+        rig = page.locator("#shares-table tbody tr", has_text="rig1")
+        assert await rig.locator("td.best").nth(1).inner_text() != "–"
     assert await page.evaluate("document.querySelectorAll('img[src=x]').length") == 0
     assert await page.locator("#payments-table tbody tr").count() == 1
     assert "0.00123456 BTC" in await page.inner_text("#payments-table")

@@ -126,6 +126,19 @@
     setText("pool-height", p.height === null || p.height === undefined ? "–" : String(p.height));
     setText("pool-netdiff", fmtNumber(p.network_difficulty));
     setText("pool-blocks", fmtNumber(p.blocks_found));
+    const best = p.best_share && typeof p.best_share === "object" ? p.best_share : null;  // the best-share feature
+    $("pool-best-card").hidden = best === null;
+    if (best) {
+      const round = best.round && typeof best.round === "object" ? best.round : null;
+      setText("pool-best", round ? fmtBest(round.difficulty) : "–");
+      const by = $("pool-best-by");
+      by.replaceChildren();
+      if (round && round.address) {
+        by.appendChild(document.createTextNode("by "));
+        by.appendChild(addressLink(round.address, shortHash(round.address)));
+        if (round.worker) by.appendChild(document.createTextNode("." + round.worker));
+      }
+    }
     const list = (blocks.body && blocks.body.blocks) || [];
     fillTable("blocks-table", "blocks-empty", list.map((b) => {
       const hash = document.createElement("span");
@@ -145,10 +158,7 @@
     try { return decodeURIComponent(path.slice(prefix.length)); } catch (err) { return path.slice(prefix.length); }
   }
 
-  function bestShare(w) {
-    const value = w.best_share_difficulty ?? w.best_share ?? w.best_difficulty;
-    return value === undefined || value === null ? "–" : fmtNumber(value);
-  }
+  function fmtBest(value) { return value ? fmtNumber(value) : "–"; }
 
   async function address() {
     const addr = pageAddress();
@@ -173,10 +183,25 @@
     setText("balance-coinbase", fmtBtc(balance.paid_in_coinbase_sats));
     fillTable("workers-table", "workers-empty", workers.map((w) => row([
       w.worker === "" ? "(default)" : w.worker, window.PoolChart.formatHashrate(w.hashrate), fmtNumber(w.accepted),
-      fmtNumber(w.rejected), bestShare(w), fmtAgo(w.last_share)])));
+      fmtNumber(w.rejected), fmtAgo(w.last_share)])));
+    // Best shares per worker come with the best-share feature; without it their columns and card stay hidden.
+    const hasBest = Array.isArray(a.best_shares);
+    const bests = new Map((hasBest ? a.best_shares : []).map((b) => [b.worker, b]));
     const shares = Array.isArray(a.shares) ? a.shares : [];
-    fillTable("shares-table", "shares-empty", shares.map((s) => row([
-      s.worker === "" ? "(default)" : s.worker, fmtNumber(s.count), fmtNumber(s.difficulty)])));
+    const names = shares.map((s) => s.worker);
+    for (const b of bests.values()) if (!names.includes(b.worker)) names.push(b.worker);
+    const byWorker = new Map(shares.map((s) => [s.worker, s]));
+    fillTable("shares-table", "shares-empty", names.map((name) => {
+      const s = byWorker.get(name) || {};
+      const b = bests.get(name) || {};
+      const tr = row([name === "" ? "(default)" : name, fmtNumber(s.count ?? 0), fmtNumber(s.difficulty ?? 0),
+                      fmtBest(b.round_best), fmtBest(b.best)]);
+      tr.cells[3].className = tr.cells[4].className = "best";
+      return tr;
+    }));
+    $("shares-table").classList.toggle("no-best", !hasBest);
+    $("address-best-card").hidden = !(a.best_share && typeof a.best_share === "object");
+    if (a.best_share) setText("address-best", fmtBest(a.best_share.round) + " / " + fmtBest(a.best_share.all_time));
     const paid = (payments.body && payments.body.payments) || [];
     fillTable("payments-table", "payments-empty", paid.map((p) => {
       const tx = document.createElement("span");
