@@ -129,14 +129,16 @@
     const best = p.best_share && typeof p.best_share === "object" ? p.best_share : null;  // the best-share feature
     $("pool-best-card").hidden = best === null;
     if (best) {
-      const round = best.round && typeof best.round === "object" ? best.round : null;
-      setText("pool-best", round ? fmtBest(round.difficulty) : "–");
+      const record = (r) => (r && typeof r === "object" ? r : null);
+      const round = record(best.round);
+      const ever = record(best.all_time);
+      setText("pool-best", fmtBest(round && round.difficulty) + " / " + fmtBest(ever && ever.difficulty));
       const by = $("pool-best-by");
       by.replaceChildren();
-      if (round && round.address) {
-        by.appendChild(document.createTextNode("by "));
-        by.appendChild(addressLink(round.address, shortHash(round.address)));
-        if (round.worker) by.appendChild(document.createTextNode("." + round.worker));
+      if (ever && ever.address) {
+        by.appendChild(document.createTextNode("all time: "));
+        by.appendChild(addressLink(ever.address, shortHash(ever.address)));
+        if (ever.worker) by.appendChild(document.createTextNode("." + ever.worker));
       }
     }
     const list = (blocks.body && blocks.body.blocks) || [];
