@@ -152,8 +152,9 @@ async def test_dashboard_in_chromium(regtest, tmp_path: Path, browser, screensho
         app.coordinator.history.add(address, XSS, 1e-8, now)
         # Earlier hours, recorded the way live shares are (in memory, then flushed), to draw a day of history.
         for hours in range(2, 24):
+            step = (now - hours * 3600) // 300 * 300  # three shares in minutes of one 5-minute chart step
             for k in range(3):
-                app.coordinator.history.add(address, "rig1", 2e-8, now - hours * 3600 + k * 60)
+                app.coordinator.history.add(address, "rig1", 2e-8, step + 10 + k * 60)
         # A payment row as the payment processor writes it (sending, then sent with its txid).
         txid = "ab" * 32
         await app.ledger.submit(lambda c: c.execute(
