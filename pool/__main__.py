@@ -103,8 +103,9 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, app.request_stop)
-    # SIGHUP: re-read the Stratum TLS certificate and key (e.g. after a renewal); new connections get them.
-    loop.add_signal_handler(signal.SIGHUP, lambda: app.server.reload_tls() if app.server is not None else None)
+    # SIGHUP: re-read the Stratum TLS certificate and key (e.g. after a renewal; new connections get them) and
+    # the allowlist of licensed operators (a bad file is refused and the list in force kept).
+    loop.add_signal_handler(signal.SIGHUP, app.sighup)
     try:
         await app.start()
         assert app.server is not None

@@ -11,6 +11,7 @@ import structlog
 from pool.bitcoin.address import address_to_script
 from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
+from pool.ledger import book
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
 from pool.ledger.sqlite import Ledger
@@ -23,6 +24,7 @@ from pool.node.work import TemplateSource
 from pool.ops.http import HttpApi
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics
+from pool.server.access import AccessControl, ReloadRefused, ReloadResult
 from pool.server.coordinator import Coordinator
 from pool.server.server import StratumServer
 
@@ -50,6 +52,8 @@ class PoolApp:
         self.submit_clients: list[NodeClient] = []
         self.started_at = time.time()
         self.supervisor = Supervisor(on_failure=self._on_task_failure)
+        self.access: AccessControl | None = None
+        self._signal_tasks: set[asyncio.Task[object]] = set()
         self._stopped = asyncio.Event()
 
     async def _start_managed_node(self) -> RpcCredentials:
@@ -110,6 +114,12 @@ class PoolApp:
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         await self.coordinator.replay_block_rows()
         self.server = StratumServer(cfg, self.coordinator, self.metrics)
+        if cfg.authorization.allowlist_file:
+            self.access = AccessControl(cfg.authorization, cfg.node.network, self.metrics, self.audit)
+            self.access.server = self.server
+            if cfg.authorization.enforced:
+                self.server.access = self.access
+            await self.access.announce()
         self.source = TemplateSource(
             self.client,
             self._on_template,
@@ -141,6 +151,37 @@ class PoolApp:
             self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
                                              pc.payment_grace)
             sup.start("payments", self.payments.run)
+
+    async def audit(self, kind: str, payload: dict[str, object]) -> None:
+        """Append an entry to the ledger's hash-chained audit log; a failure is logged, never raised (the
+        change it records has happened, and the operator must learn that its record did not land)."""
+        if self.ledger is None:
+            return
+        try:
+            await self.ledger.submit(lambda conn: book.audit(conn, kind, payload))
+        except Exception as exc:
+            log.error("audit_failed", kind=kind, error=str(exc))
+
+    async def reload_allowlist(self, source: str) -> ReloadResult:
+        """Re-read the allowlist (SIGHUP, ``POST /admin/allowlist/reload``); ReloadRefused keeps the old list."""
+        if self.access is None:
+            raise ReloadRefused("no allowlist file is configured (authorization.allowlist_file)")
+        return await self.access.reload(source)
+
+    def sighup(self) -> None:
+        """SIGHUP: re-read the Stratum TLS certificate and key, and the allowlist."""
+        if self.server is not None:
+            self.server.reload_tls()
+        if self.access is not None:
+            task = asyncio.ensure_future(self._reload_quietly("sighup"))
+            self._signal_tasks.add(task)
+            task.add_done_callback(self._signal_tasks.discard)
+
+    async def _reload_quietly(self, source: str) -> None:
+        try:
+            await self.reload_allowlist(source)
+        except ReloadRefused:
+            pass  # logged, counted and audited by the access control; the old list stays in force
 
     def _on_task_failure(self, task: str, error: BaseException | None) -> None:
         """Supervisor and ledger hook (any thread): every background failure is counted by task."""
