@@ -113,6 +113,8 @@ class PoolApp:
             lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         await self.coordinator.replay_block_rows()
+        rows, round_no = await asyncio.to_thread(self.ledger.best_shares)
+        self.coordinator.best.load(rows, round_no)
         self.server = StratumServer(cfg, self.coordinator, self.metrics)
         if cfg.authorization.allowlist_file:
             self.access = AccessControl(cfg.authorization, cfg.node.network, self.metrics, self.audit)
@@ -253,6 +255,9 @@ class PoolApp:
         stats = self.coordinator.stats
         self.metrics.pool_hashrate.set(stats.pool_hashrate(now))
         self.metrics.workers_active.set(stats.active_workers(now))
+        best = self.coordinator.best
+        self.metrics.best_share.labels("round").set(best.pool_round.difficulty if best.pool_round else 0.0)
+        self.metrics.best_share.labels("all_time").set(best.pool_all_time.difficulty if best.pool_all_time else 0.0)
         self.metrics.worker_hashrate.clear()
         self.metrics.worker_last_share_age.clear()
         cap = self.config.metrics_max_worker_series
@@ -307,6 +312,18 @@ class PoolApp:
             "last_block": {"height": last.height, "hash": last.block_hash, "worker": last.worker,
                            "found_at": last.found_at} if last else None,
             "uptime_seconds": now - self.started_at,
+            "best_share": self._pool_best(),
+        }
+
+    def _pool_best(self) -> dict[str, object]:
+        """The pool's highest share this block round and all time, and who found it (kept across restarts)."""
+        best = self.coordinator.best if self.coordinator else None
+        if best is None:
+            return {"round": None, "all_time": None, "round_number": 0}
+        return {
+            "round": best.pool_round.as_dict() if best.pool_round else None,
+            "all_time": best.pool_all_time.as_dict() if best.pool_all_time else None,
+            "round_number": best.round_no,
         }
 
     def address_workers(self, address: str) -> list[dict[str, object]]:
@@ -324,11 +341,12 @@ class PoolApp:
         paid = dict(self.ledger.query(
             "SELECT status, SUM(amount) FROM payments WHERE address=? GROUP BY status", (address,)
         )) if self.ledger else {}
+        bests = self.ledger.best_for_address(address) if self.ledger else []
         payable = int(credits.get("payable", 0))
         sent = int(paid.get("sent", 0)) + int(paid.get("sending", 0))
         return {
             "address": address,
-            "known": bool(workers or shares or credits),
+            "known": bool(workers or shares or credits or bests),
             "balance": {
                 "pending_sats": int(credits.get("pending", 0)),
                 "payable_sats": payable - sent,
@@ -338,6 +356,12 @@ class PoolApp:
             "hashrate": sum(float(w["hashrate"]) for w in workers),  # type: ignore[arg-type]
             "workers": workers,
             "shares": [{"worker": w, "count": c, "difficulty": d} for w, c, d in shares],
+            # Per worker: highest share difficulty all time and in the current block round (across restarts).
+            "best_shares": bests,
+            "best_share": {
+                "all_time": max((float(b["best"]) for b in bests), default=0.0),
+                "round": max((float(b["round_best"]) for b in bests), default=0.0),
+            },
         }
 
     def recent_blocks(self, limit: int) -> list[dict[str, object]]:
