@@ -74,3 +74,14 @@ def test_diff_names_added_removed_and_relabelled() -> None:
     assert [(lic.address, lic.operator) for lic in change.changed] == [(B, "Bravo Renamed")]
     assert removed_scripts(old, new) == {address_to_script(A, "regtest")}
     assert removed_scripts(new, new) == frozenset()
+
+
+def test_shipped_example_parses_with_its_lines_uncommented() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "config" / "allowlist.example.txt"
+    text = example.read_text()
+    assert len(parse_allowlist(text, "main")) == 0  # all commented out as shipped
+    lines = [line[2:] for line in text.splitlines() if line.startswith("# ") and line[2:3] in "b31"]
+    allowlist = parse_allowlist("\n".join(lines), "main")
+    assert len(allowlist) == 3 and allowlist.sites() == {"north-dam", "south-farm"}
