@@ -76,6 +76,7 @@ class AccessControl:
         self._drain_pace = TokenBucket(config.drain_rate, max(1.0, config.drain_rate), time.monotonic())
         self._drained = 0
         self._lock = asyncio.Lock()
+        self._audits: set[asyncio.Future[None]] = set()
         self._refused_count = metrics.authorize_refusals.labels("not-allowlisted")
         metrics.allowlist_entries.set(len(self.allowlist))
 
@@ -159,18 +160,23 @@ class AccessControl:
         if server is None or not self._draining:
             return
         now = time.monotonic()
-        while self._draining and self._drain_pace.take(now):
-            session = self._draining.popleft()
-            if session.finished:
+        while self._draining:
+            session = self._draining[0]
+            if session.finished or any(self.may_mine(w) for w in session.protocol.workers.values()):
+                self._draining.popleft()  # gone already, or licensed again by a later reload: no token spent
                 continue
-            if not any(self.may_mine(w) for w in session.protocol.workers.values()):
-                server.close_with_message(session, "unlicensed", DRAIN_MESSAGE)
-                self._drained += 1
-                self.metrics.allowlist_drained.inc()
+            if not self._drain_pace.take(now):
+                break
+            self._draining.popleft()
+            server.close_with_message(session, "unlicensed", DRAIN_MESSAGE)
+            self._drained += 1
+            self.metrics.allowlist_drained.inc()
         if not self._draining and self._drained:
             closed, self._drained = self._drained, 0
             log.info("allowlist_drain_done", closed=closed)
             task = asyncio.ensure_future(self._audit("allowlist_drain_done", {"closed": closed}))
+            self._audits.add(task)
+            task.add_done_callback(self._audits.discard)
             task.add_done_callback(_log_failure)
 
     @property
