@@ -72,6 +72,8 @@ async def test_unlisted_address_is_refused_with_error_24(regtest, tmp_path: Path
             reply = await refused.request("mining.authorize", [f"{stranger}.rig1", "x"])
             assert reply["result"] in (None, False) and reply["error"][0] == ERR_UNAUTHORIZED, reply
             assert "not licensed" in reply["error"][1] and stranger in reply["error"][1]
+            reply = await refused.request("mining.authorize", ["not-an-address.rig1", "x"])
+            assert reply["error"][0] == ERR_UNAUTHORIZED and "invalid payout address" in reply["error"][1]
             # A licensed address on the same connection still works: the refusal is per address.
             reply = await refused.request("mining.authorize", [f"{licensed}.rig2", "x"])
             assert reply["result"] is True, reply
@@ -79,6 +81,7 @@ async def test_unlisted_address_is_refused_with_error_24(regtest, tmp_path: Path
             await ok.close()
             await refused.close()
         assert metric(app, "pool_authorize_refusals_total", {"reason": "not-allowlisted"}) == 1
+        assert metric(app, "pool_authorize_refusals_total", {"reason": "invalid-username"}) == 1
         assert metric(app, "pool_allowlist_entries") == 1
         loaded = audit(app, "allowlist_loaded")
         assert len(loaded) == 1 and loaded[0]["entries"] == 1 and loaded[0]["mode"] == "allowlist"
