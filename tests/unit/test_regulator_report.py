@@ -154,3 +154,23 @@ def test_cli_csv_and_json(ledger_path: Path, tmp_path: Path, capsys: pytest.Capt
     assert "unknown site" in capsys.readouterr().err
     assert main(["report", "--ledger", str(ledger_path), "--from", "x", "--to", day]) == 2
     assert main(["audit", "verify", "--ledger", str(ledger_path), "--head", meta["audit_head_hash"]]) == 0
+
+
+def test_cli_takes_operators_and_efficiency_from_the_config(ledger_path: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    allowlist = tmp_path / "allowlist.txt"
+    allowlist.write_text(ALLOWLIST)
+    config = tmp_path / "pool.toml"
+    config.write_text(
+        f'[node]\nnetwork = "regtest"\nrpc_url = "http://127.0.0.1:18443"\n'
+        f'[payout]\npool_address = "{regtest_address(20)}"\n'
+        f'[ledger]\npath = "{ledger_path}"\n'
+        f'[authorization]\nallowlist_file = "{allowlist}"\n'  # mode open: the file only names operators
+        '[report]\nefficiency_j_per_th = 17.5\n'
+    )
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert main(["report", "--config", str(config), "--from", day, "--to", day, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["report"]["fleet_efficiency_j_per_th"] == 17.5
+    assert {r["address"]: r["operator"] for r in report["addresses"]}[BRAVO] == "Bravo Energy"
+    assert report["report"]["allowlist_sha256"] == parse_allowlist(ALLOWLIST, "regtest").digest
