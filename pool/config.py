@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
+from pool.mining.allowlist import Allowlist, AllowlistError, parse_allowlist
 from pool.server.guard import GuardConfig
 from pool.server.tls import TlsError, load_tls_context
 
@@ -131,6 +132,27 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthorizationConfig:
+    """Who may mine: anyone with a valid address (``open``), or only licensed addresses (``allowlist``)."""
+
+    mode: str = "open"
+    allowlist_file: str = ""
+    drain_rate: float = 20.0  # sessions of removed addresses closed per second
+    allowlist: Allowlist | None = field(default=None, compare=False, repr=False)  # as read at start-up
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode == "allowlist"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportConfig:
+    """``pool report``: the fleet's energy efficiency, used for every site without one of its own."""
+
+    efficiency_j_per_th: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = NodeConfig()
     stratum: StratumConfig = StratumConfig()
@@ -140,6 +162,8 @@ class Config:
     admin: AdminConfig = AdminConfig()
     history: HistoryConfig = HistoryConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    authorization: AuthorizationConfig = AuthorizationConfig()
+    report: ReportConfig = ReportConfig()
     data_dir: str = "data"
     ledger_path: str = ""
     metrics_enabled: bool = True
@@ -362,6 +386,10 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
 
     admin = _admin(_section(raw, "admin"), env)
     history, dashboard = _history(_section(raw, "history")), _dashboard(_section(raw, "dashboard"))
+    authorization = _authorization(_section(raw, "authorization"), node.network)
+    rp = _section(raw, "report")
+    report = ReportConfig(efficiency_j_per_th=rp.number("efficiency_j_per_th", 30.0, 0.001, 1e6))
+    rp.done()
 
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
@@ -376,6 +404,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         admin=admin,
         history=history,
         dashboard=dashboard,
+        authorization=authorization,
+        report=report,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
         metrics_enabled=metrics_table.boolean("enabled", True),
@@ -462,6 +492,31 @@ def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
         raise ConfigError("admin.port is set but no admin token is configured"
                           " (admin.token, admin.token_file or POOL_ADMIN_TOKEN)")
     return admin
+
+
+def read_allowlist(path: str, network: str) -> Allowlist:
+    """Read and parse the allowlist file; AllowlistError (bad lines, with numbers) or OSError (unreadable)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return parse_allowlist(text, network, source=path)
+
+
+def _authorization(a: _Reader, network: str) -> AuthorizationConfig:
+    mode = a.choice("mode", "open", ("open", "allowlist"))
+    path = a.string("allowlist_file", "")
+    drain_rate = a.number("drain_rate", 20.0, 0.1, 100_000)
+    a.done()
+    allowlist = None
+    if mode == "allowlist" and not path:
+        raise ConfigError('authorization.mode = "allowlist" needs authorization.allowlist_file')
+    if path:
+        try:
+            allowlist = read_allowlist(path, network)
+        except AllowlistError as exc:
+            raise ConfigError(f"authorization.allowlist_file {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"authorization.allowlist_file: cannot read {path!r}: {exc}") from exc
+    return AuthorizationConfig(mode, path, drain_rate, allowlist)
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
