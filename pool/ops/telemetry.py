@@ -125,6 +125,14 @@ class Metrics:
         )
         self.jobs_broadcast = Counter("pool_jobs_broadcast_total", "Job broadcasts by kind", ["kind"], registry=r)
         self.bitcoind_up = Gauge("pool_bitcoind_up", "1 when bitcoind answers and gives templates", registry=r)
+        # One series per configured bitcoind ([[node]] names): bounded by the config.
+        self.node_up = Gauge("pool_node_up", "1 when this bitcoind answered its last health probe on the right chain",
+                             ["node"], registry=r)
+        self.node_active = Gauge("pool_node_active", "1 for the bitcoind templates come from", ["node"], registry=r)
+        self.node_tip_height = Gauge("pool_node_tip_height", "Height of this bitcoind's tip at its last probe",
+                                     ["node"], registry=r)
+        self.node_switches = Counter("pool_node_switches_total",
+                                     "Template source moved to another bitcoind (failure, or a tip behind)", registry=r)
         self.rpc_seconds = Histogram(
             "pool_bitcoind_rpc_seconds", "bitcoind RPC latency by method", ["method"], registry=r
         )
