@@ -54,6 +54,11 @@ class Metrics:
         self.sessions = Gauge("pool_sessions", "Stratum sessions by state", ["state"], registry=r)
         self.connects = Counter("pool_connects_total", "Accepted TCP connections", registry=r)
         self.disconnects = Counter("pool_disconnects_total", "Closed connections by reason", ["reason"], registry=r)
+        self.proxy_headers = Counter(
+            "pool_proxy_headers_total",
+            "PROXY protocol headers by outcome: v1/v2 (miner address taken), own-address (UNKNOWN/LOCAL), or why"
+            " the connection was refused (invalid, untrusted, timeout, eof, reset)",
+            ["outcome"], registry=r)
         self.subscribes = Counter("pool_subscribes_total", "mining.subscribe requests answered", registry=r)
         self.authorizes = Counter("pool_authorizes_total", "mining.authorize by result", ["result"], registry=r)
         self.protocol_errors = Counter(

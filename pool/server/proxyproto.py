@@ -156,3 +156,20 @@ def _plain(address: ipaddress.IPv6Address) -> str:
     """An IPv4-mapped IPv6 address is the IPv4 client it stands for: one key for limits and bans."""
     mapped = address.ipv4_mapped
     return str(mapped) if mapped is not None else str(address)
+
+
+class TrustedSources:
+    """The networks allowed to send PROXY headers (``stratum.proxy_trusted``): anyone else could claim any
+    address, so their connections are refused while the PROXY protocol is on."""
+
+    def __init__(self, networks: tuple[str, ...]) -> None:
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def allows(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self._networks)

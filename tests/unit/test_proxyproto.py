@@ -170,3 +170,13 @@ def test_prefixes_wait_but_a_wrong_byte_after_them_is_refused(garbage: bytes) ->
     assert parse_proxy_header(garbage) is None
     with pytest.raises(ProxyHeaderError):
         parse_proxy_header(garbage + b"\xff" * 4 if garbage.endswith(b"QUIT\n") else garbage + b"Z")
+
+
+def test_trusted_sources() -> None:
+    from pool.server.proxyproto import TrustedSources
+
+    trusted = TrustedSources(("127.0.0.0/8", "::1/128", "10.1.0.0/16", "192.0.2.7"))
+    assert trusted.allows("127.0.0.1") and trusted.allows("::1") and trusted.allows("10.1.200.3")
+    assert trusted.allows("::ffff:10.1.0.9")  # an IPv4 balancer seen through a dual-stack socket
+    assert trusted.allows("192.0.2.7") and not trusted.allows("192.0.2.8")
+    assert not trusted.allows("10.2.0.1") and not trusted.allows("2001:db8::1") and not trusted.allows("?")
