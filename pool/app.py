@@ -288,6 +288,7 @@ class PoolApp:
             "last_block": {"height": last.height, "hash": last.block_hash, "worker": last.worker,
                            "found_at": last.found_at} if last else None,
             "uptime_seconds": now - self.started_at,
+            "nodes": self.client.states() if self.client is not None else [],
         }
 
     def address_workers(self, address: str) -> list[dict[str, object]]:
