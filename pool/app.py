@@ -137,6 +137,8 @@ class PoolApp:
             sup.start(name, loop_fn)
         sup.start("node-health", self.client.run)
         sup.start("stratum-housekeeping", self.server.housekeeping)
+        if self.server.tls is not None:
+            sup.start("tls-accept", self.server.tls.accept_loop)
         sup.start("template-age", self._age_loop, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,

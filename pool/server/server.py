@@ -78,11 +78,12 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "id", "peer", "ip", "protocol", "vardiff", "connected", "last_activity", "worker",
         "has_work", "errors", "_log", "agent", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
-        "transactions", "finished", "paused", "header",
+        "transactions", "finished", "paused", "header", "checked",
     )
 
-    def __init__(self, server: StratumServer) -> None:
+    def __init__(self, server: StratumServer, checked: bool = False) -> None:
         self.server = server
+        self.checked = checked  # admitted before its TLS handshake: its connect-rate token is already taken
         self.transport: asyncio.Transport | None = None
         self.header: bytearray | None = None  # PROXY protocol: bytes received before the header is complete
         self.finished = False
@@ -198,9 +199,9 @@ class StratumServer:
         _inherited_socket_options(self._server)
         if sc.tls_port is not None:
             self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
-            self.tls_port = await self.tls.start(lambda: Session(self), sc.host, sc.tls_port)
-            if self.tls.server is not None:
-                _inherited_socket_options(self.tls.server)
+            self.tls_port = await self.tls.start(lambda: Session(self, checked=True), sc.host, sc.tls_port,
+                                                 admit=self._refusal)
+            _inherited_socket_options(self.tls)  # type: ignore[arg-type]  # it has ``sockets`` too
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
 
@@ -350,21 +351,28 @@ class StratumServer:
         if session.transport is not None:
             session.transport.abort()
 
+    def _refusal(self, ip: str, take_token: bool = True) -> str | None:
+        """Why a new connection from ``ip`` is refused (banned, or over a limit), or None. The TLS listener asks
+        before the handshake (taking the connect-rate token), and the session asks again once it exists."""
+        sc = self.config.stratum
+        now = time.monotonic()
+        if self.guard.banned(ip, now):
+            return "banned"
+        if (
+            len(self.sessions) >= sc.max_connections
+            or self._per_ip[ip] >= sc.max_connections_per_ip
+            or (take_token and not self.guard.allow_connect(ip, now))
+        ):
+            return "limit"
+        return None
+
     def _admit(self, session: Session, ip: str, port: int | None) -> None:
         """Refused at once when the address is banned or over a limit, else a session with its core."""
         transport = session.transport
         assert transport is not None
         sc = self.config.stratum
         now = time.monotonic()
-        refused = None
-        if self.guard.banned(ip, now):
-            refused = "banned"
-        elif (
-            len(self.sessions) >= sc.max_connections
-            or self._per_ip[ip] >= sc.max_connections_per_ip
-            or not self.guard.allow_connect(ip, now)
-        ):
-            refused = "limit"
+        refused = self._refusal(ip, take_token=not session.checked)
         if refused is not None:
             session.finished = True
             self.metrics.disconnects.labels(refused).inc()

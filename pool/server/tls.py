@@ -1,7 +1,10 @@
 """Stratum over TLS: the server-side TLS context and a listener whose certificate can be replaced live.
 
-The handshake happens before the Stratum server sees a connection, so a client that speaks plain text to the
-TLS port is closed by the TLS layer and never becomes a session. ``reload`` (SIGHUP) re-reads the certificate
+Connections are accepted by the listener itself and put to the server's admission check (bans, per-address
+limits) before anything is read from them: only an admitted connection gets a TLS handshake, so a banned
+address costs the pool no asymmetric-key operation. The handshake happens before the Stratum server sees a
+connection, so a client that speaks plain text to the TLS port is closed by the TLS layer and never becomes
+a session. ``reload`` (SIGHUP) re-reads the certificate
 and key: new handshakes get them, open connections keep theirs, and a pair that does not load is refused
 while the certificate in service stays.
 """
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import Callable
 
 import structlog
@@ -56,31 +61,79 @@ def _holds_certificate(path: str) -> bool:
         return False
 
 
+Admission = Callable[[str], str | None]  # peer address -> None (admitted) or why it is refused
+
+
 class TlsListener:
-    """One TLS listening socket in front of the Stratum connection handler."""
+    """One TLS listening socket in front of the Stratum connection handler.
+
+    ``accept_loop`` (run under the app's supervision) accepts, asks ``admit`` about the peer address, and only
+    then starts the handshake, on a task of its own per connection so a slow handshake holds up nobody.
+    """
 
     def __init__(self, cert: str, key: str, metrics: Metrics) -> None:
         self.cert = cert
         self.key = key
         self.metrics = metrics
         self._current = load_tls_context(cert, key)
-        self.server: asyncio.base_events.Server | None = None
+        self._sock: socket.socket | None = None
+        self._factory: Callable[[], asyncio.Protocol] | None = None
+        self._admit: Admission = lambda ip: None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self.sockets: list[socket.socket] = []
         self.port = 0
 
-    async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int) -> int:
-        listening = self._current
-        # OpenSSL calls this for every ClientHello (with or without SNI): the handshake gets the current
-        # context, so a reloaded certificate applies to new connections only.
-        listening.sni_callback = self._select
-        self.server = await asyncio.get_running_loop().create_server(
-            factory, host, port, ssl=listening, ssl_handshake_timeout=HANDSHAKE_TIMEOUT, backlog=1024
-        )
-        self.port = int(self.server.sockets[0].getsockname()[1])
+    async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                    admit: Admission | None = None) -> int:
+        """Bind and listen; connections are taken by ``accept_loop``. ``admit`` decides about each new
+        connection before its handshake (None: everyone is admitted)."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.create_server(address, family=family, backlog=1024)
+        sock.setblocking(False)
+        self._sock, self._factory = sock, factory
+        if admit is not None:
+            self._admit = admit
+        self.sockets = [sock]
+        self.port = int(sock.getsockname()[1])
         return self.port
 
-    def _select(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
-        if self._current is not ctx:
-            sslobj.context = self._current
+    async def accept_loop(self) -> None:
+        """Accept for the listener's lifetime: refused addresses are reset at once, admitted ones handshake."""
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(self._sock)
+            except OSError as exc:  # out of descriptors (EMFILE) and the like: wait a little and go on
+                if self._sock.fileno() < 0:
+                    return
+                log.warning("tls_accept_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            refused = self._admit(str(peer[0]))
+            if refused is not None:
+                self.metrics.disconnects.labels(refused).inc()
+                _reset(conn)
+                continue
+            task = loop.create_task(self._handshake(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        """TLS with the certificate in service now (a reload applies to new connections only), then the
+        Stratum session; a failed or late handshake closes the connection."""
+        assert self._factory is not None
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._factory, conn, ssl=self._current, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.debug("tls_handshake_failed", error=f"{type(exc).__name__}: {exc}")
+            _reset(conn)
+        except asyncio.CancelledError:
+            _reset(conn)
+            raise
 
     def reload(self) -> bool:
         """Re-read the certificate and key; returns whether the new pair was taken."""
@@ -96,10 +149,19 @@ class TlsListener:
         return True
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self._sock is not None:
+            self._sock.close()
+        for task in list(self._handshakes):
+            task.cancel()
 
     async def wait_closed(self) -> None:
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
+        if self._handshakes:
+            await asyncio.wait(list(self._handshakes), timeout=5)
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a reset (like ``transport.abort``): nothing lingers for a peer we refuse."""
+    with contextlib.suppress(OSError):
+        if conn.fileno() >= 0:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
