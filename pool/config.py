@@ -289,9 +289,6 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         proxy_trusted=_networks(s, "proxy_trusted", ("127.0.0.0/8", "::1/128")),
     )
     s.done()
-    if stratum.proxy_protocol and stratum.tls_port is not None:
-        raise ConfigError("stratum.proxy_protocol = true cannot be combined with stratum.tls_port: terminate TLS at"
-                          " the load balancer (it then sends PROXY headers to the plain port), or turn one of them off")
     if stratum.proxy_protocol and not stratum.proxy_trusted:
         raise ConfigError("stratum.proxy_trusted is empty while stratum.proxy_protocol = true: no connection could"
                           " be accepted; list the load balancers' networks")

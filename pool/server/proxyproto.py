@@ -28,6 +28,7 @@ V1_MAX_LINE = 107  # bytes, CRLF included (the longest UNKNOWN line the specific
 V2_FIXED = 16
 V2_MAX_HEADER = 4096  # signature, fixed part, addresses and TLVs; a longer announced header is refused
 MAX_HEADER = V2_MAX_HEADER  # the most bytes a caller buffers before a header is complete
+PROXY_HEADER_TIMEOUT = 10.0  # seconds a connection may take to deliver its header (the spec asks for >= 3)
 
 _V2_TCP4, _V2_UDP4, _V2_TCP6, _V2_UDP6 = 0x11, 0x12, 0x21, 0x22
 

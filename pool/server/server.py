@@ -27,7 +27,7 @@ from pool.mining.workers import Worker, parse_worker
 from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
-from pool.server.proxyproto import ProxyHeaderError, TrustedSources, parse_proxy_header
+from pool.server.proxyproto import PROXY_HEADER_TIMEOUT, ProxyHeaderError, TrustedSources, parse_proxy_header
 from pool.server.tls import TlsListener
 from pool.stratum.events import (
     Authorized,
@@ -54,7 +54,6 @@ TRANSACTIONS_RATE = 0.2
 TRANSACTIONS_BURST = 5
 MAX_SHARES_IN_FLIGHT = 256  # accepted shares awaiting their commit per connection; beyond, reading pauses
 SHARE_NOT_RECORDED = Rejected(Reject.LEDGER_FAILED)
-PROXY_HEADER_TIMEOUT = 10.0  # seconds for a load balancer's PROXY header to arrive (the spec asks for >= 3)
 
 
 def _inherited_socket_options(server: asyncio.AbstractServer) -> None:
@@ -78,12 +77,13 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "id", "peer", "ip", "protocol", "vardiff", "connected", "last_activity", "worker",
         "has_work", "errors", "_log", "agent", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
-        "transactions", "finished", "paused", "header", "checked",
+        "transactions", "finished", "paused", "header", "checked", "address",
     )
 
-    def __init__(self, server: StratumServer, checked: bool = False) -> None:
+    def __init__(self, server: StratumServer, checked: bool = False, address: tuple[str, int] | None = None) -> None:
         self.server = server
         self.checked = checked  # admitted before its TLS handshake: its connect-rate token is already taken
+        self.address = address  # the miner's address when known before the session (TLS listener, PROXY header)
         self.transport: asyncio.Transport | None = None
         self.header: bytearray | None = None  # PROXY protocol: bytes received before the header is complete
         self.finished = False
@@ -199,8 +199,9 @@ class StratumServer:
         _inherited_socket_options(self._server)
         if sc.tls_port is not None:
             self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
-            self.tls_port = await self.tls.start(lambda: Session(self, checked=True), sc.host, sc.tls_port,
-                                                 admit=self._refusal)
+            self.tls_port = await self.tls.start(
+                lambda address: Session(self, checked=True, address=address), sc.host, sc.tls_port,
+                admit=self._refusal, proxy=self._proxy_trusted if self._proxy else None)
             _inherited_socket_options(self.tls)  # type: ignore[arg-type]  # it has ``sockets`` too
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
@@ -297,6 +298,9 @@ class StratumServer:
         otherwise it is admitted (or refused) at once on its socket's peer address."""
         transport = session.transport
         assert transport is not None
+        if session.address is not None:  # from the TLS listener: admitted (and its PROXY header read) already
+            self._admit(session, *session.address)
+            return
         peername = transport.get_extra_info("peername")
         ip = str(peername[0]) if peername else "?"
         if self._proxy:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import structlog
 
 from pool.ops.telemetry import Metrics
+from pool.server.proxyproto import PROXY_HEADER_TIMEOUT, ProxyHeaderError, TrustedSources
+from pool.server.proxyread import read_proxy_header
 
 log = structlog.get_logger("pool.tls")
 
@@ -62,6 +64,8 @@ def _holds_certificate(path: str) -> bool:
 
 
 Admission = Callable[[str], str | None]  # peer address -> None (admitted) or why it is refused
+Address = tuple[str, int]
+SessionFactory = Callable[[Address], asyncio.Protocol]  # the miner's address -> its Stratum session
 
 
 class TlsListener:
@@ -69,6 +73,10 @@ class TlsListener:
 
     ``accept_loop`` (run under the app's supervision) accepts, asks ``admit`` about the peer address, and only
     then starts the handshake, on a task of its own per connection so a slow handshake holds up nobody.
+
+    With ``proxy`` (the PROXY protocol's trusted sources), a connection must come from a trusted balancer and
+    start with a PROXY header; the address in it is the one admitted and given to the session, and the TLS
+    handshake starts on the first byte after the header.
     """
 
     def __init__(self, cert: str, key: str, metrics: Metrics) -> None:
@@ -77,14 +85,15 @@ class TlsListener:
         self.metrics = metrics
         self._current = load_tls_context(cert, key)
         self._sock: socket.socket | None = None
-        self._factory: Callable[[], asyncio.Protocol] | None = None
+        self._factory: SessionFactory | None = None
         self._admit: Admission = lambda ip: None
+        self._proxy: TrustedSources | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
         self.sockets: list[socket.socket] = []
         self.port = 0
 
-    async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int,
-                    admit: Admission | None = None) -> int:
+    async def start(self, factory: SessionFactory, host: str, port: int, admit: Admission | None = None,
+                    proxy: TrustedSources | None = None) -> int:
         """Bind and listen; connections are taken by ``accept_loop``. ``admit`` decides about each new
         connection before its handshake (None: everyone is admitted)."""
         loop = asyncio.get_running_loop()
@@ -92,7 +101,7 @@ class TlsListener:
         family, _, _, _, address = infos[0]
         sock = socket.create_server(address, family=family, backlog=1024)
         sock.setblocking(False)
-        self._sock, self._factory = sock, factory
+        self._sock, self._factory, self._proxy = sock, factory, proxy
         if admit is not None:
             self._admit = admit
         self.sockets = [sock]
@@ -112,22 +121,58 @@ class TlsListener:
                 log.warning("tls_accept_failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
-            refused = self._admit(str(peer[0]))
-            if refused is not None:
-                self.metrics.disconnects.labels(refused).inc()
-                _reset(conn)
+            address: Address = (str(peer[0]), int(peer[1]))
+            if self._proxy is not None:
+                if not self._proxy.allows(address[0]):
+                    self._refuse(conn, "proxy-untrusted", address)
+                    continue
+                task = loop.create_task(self._proxied(conn, address))
+            elif (refused := self._admit(address[0])) is not None:
+                self._refuse(conn, refused, address)
                 continue
-            task = loop.create_task(self._handshake(conn))
+            else:
+                task = loop.create_task(self._handshake(conn, address))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, conn: socket.socket) -> None:
+    def _refuse(self, conn: socket.socket, reason: str, address: Address, detail: str = "") -> None:
+        if reason.startswith("proxy-"):
+            self.metrics.proxy_headers.labels(reason.removeprefix("proxy-")).inc()
+            log.info("proxy_header_refused", peer=f"{address[0]}:{address[1]}", reason=reason, detail=detail or None,
+                     tls=True)
+        self.metrics.disconnects.labels(reason).inc()
+        _reset(conn)
+
+    async def _proxied(self, conn: socket.socket, peer: Address) -> None:
+        """Behind a balancer: the PROXY header first (its bytes only), then admission of the address it names,
+        then the handshake."""
+        try:
+            header = await read_proxy_header(conn, PROXY_HEADER_TIMEOUT)
+        except ProxyHeaderError as exc:
+            self._refuse(conn, "proxy-invalid", peer, str(exc))
+            return
+        except TimeoutError as exc:
+            self._refuse(conn, "proxy-timeout", peer, str(exc))
+            return
+        except asyncio.CancelledError:
+            _reset(conn)
+            raise
+        self.metrics.proxy_headers.labels(f"v{header.version}" if header.source else "own-address").inc()
+        address = header.source or peer
+        refused = self._admit(address[0])
+        if refused is not None:
+            self._refuse(conn, refused, address)
+            return
+        await self._handshake(conn, address)
+
+    async def _handshake(self, conn: socket.socket, address: Address) -> None:
         """TLS with the certificate in service now (a reload applies to new connections only), then the
         Stratum session; a failed or late handshake closes the connection."""
         assert self._factory is not None
+        factory = self._factory
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                self._factory, conn, ssl=self._current, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                lambda: factory(address), conn, ssl=self._current, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             log.debug("tls_handshake_failed", error=f"{type(exc).__name__}: {exc}")
             _reset(conn)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
+import ssl
 import struct
 import time
 from pathlib import Path
@@ -176,3 +178,68 @@ async def test_a_header_that_never_completes_times_out(regtest, tmp_path: Path, 
         finally:
             writer.close()
         assert sample(app, "pool_proxy_headers_total", outcome="timeout") == 1
+
+
+class BlockingTlsMiner:
+    """A TLS client behind a balancer, on a plain blocking socket (run in a thread): the PROXY header goes
+    out in clear, then the TLS handshake starts on the next byte, as a TCP balancer relays it."""
+
+    def __init__(self, port: int, header: bytes, context: ssl.SSLContext) -> None:
+        self.port, self.header, self.context = port, header, context
+        self.tls: ssl.SSLSocket | None = None
+
+    def subscribe(self) -> dict[str, Any]:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        try:
+            raw.sendall(self.header)
+            self.tls = self.context.wrap_socket(raw, server_hostname="localhost")
+        except BaseException:
+            raw.close()
+            raise
+        self.tls.sendall(b'{"id":1,"method":"mining.subscribe","params":["tls-behind-lb/1"]}\n')
+        line = b""
+        while not line.endswith(b"\n") and len(line) < 65536:
+            chunk = self.tls.recv(4096)
+            if not chunk:
+                break
+            line += chunk
+        return json.loads(line.split(b"\n", 1)[0])
+
+    def close(self) -> None:
+        if self.tls is not None:
+            self.tls.close()
+
+
+async def test_proxy_header_then_tls_on_the_tls_port(regtest, tmp_path: Path):
+    """A TCP balancer in front of the TLS port: the header comes in clear before the handshake; the address in
+    it is admitted before any handshake (a banned one gets none) and is the session's."""
+    from tests.support.tls import client_context, make_cert
+
+    cert, key = make_cert(tmp_path / "tls", "pool-a")
+    stratum = {"proxy_protocol": True, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key)}
+    async with running_pool(regtest, tmp_path / "pool", stratum=stratum) as app:
+        port, context = app.server.tls_port, client_context(cert)
+        miners = [BlockingTlsMiner(port, header, context) for header in (v2("198.51.100.7"), v1("2001:db8::9"))]
+        try:
+            for miner in miners:
+                reply = await asyncio.to_thread(miner.subscribe)
+                assert reply["id"] == 1 and reply["result"], reply
+            assert sorted(s.ip for s in app.server.sessions.values()) == ["198.51.100.7", "2001:db8::9"]
+        finally:
+            for miner in miners:
+                miner.close()
+
+        # No header (a bare ClientHello) is refused; so is a banned header address, before its handshake.
+        refused = BlockingTlsMiner(port, b"", context)
+        with pytest.raises((ssl.SSLError, OSError)):
+            await asyncio.to_thread(refused.subscribe)
+        refused.close()
+        while not app.server.guard.strike("203.0.113.9", time.monotonic()):
+            pass
+        banned = BlockingTlsMiner(port, v1("203.0.113.9"), context)
+        with pytest.raises((ssl.SSLError, OSError)):
+            await asyncio.to_thread(banned.subscribe)
+        banned.close()
+        assert sample(app, "pool_proxy_headers_total", outcome="invalid") == 1
+        assert sample(app, "pool_disconnects_total", reason="banned") == 1
+        assert sample(app, "pool_proxy_headers_total", outcome="v1") == 2
