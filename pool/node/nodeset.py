@@ -16,7 +16,7 @@ Found blocks do not go through here: the block submitter sends every block to ev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,7 @@ class NodeSet:
         self.generation = 0
         self.switches = 0
         self._wake = asyncio.Event()
+        self._switched: asyncio.Future[None] | None = None  # resolved at the next switch (see _until_switch)
 
     # ---- the node in use -----------------------------------------------------------------------------------
 
@@ -116,6 +117,9 @@ class NodeSet:
         before = self.members[self.active] if self.active is not None else None
         self.active = chosen
         self.generation += 1
+        if self._switched is not None and not self._switched.done():
+            self._switched.set_result(None)  # calls parked on the previous node stop waiting for it
+        self._switched = None
         after = self.members[chosen]
         if before is not None:
             self.switches += 1
@@ -216,9 +220,29 @@ class NodeSet:
 
     # ---- calls for the template source and the maturity tracker ------------------------------------------------
 
+    def _next_switch(self) -> asyncio.Future[None]:
+        if self._switched is None or self._switched.done():
+            self._switched = asyncio.get_running_loop().create_future()
+        return self._switched
+
+    async def _until_switch(self, call: Awaitable[Any]) -> tuple[bool, Any]:
+        """Await ``call`` unless the node set switches first (a probe found the node hung or behind): then
+        (False, None) and the call is abandoned (its worker thread finishes on its own RPC timeout)."""
+        task = asyncio.ensure_future(call)
+        switched = self._next_switch()
+        try:
+            await asyncio.wait({task, switched}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        return False, None
+
     async def get_template(self) -> Any:
         """A template from the active node; if it fails, the node is marked down and the next healthy one is
-        asked, each node at most once per call."""
+        asked, each node at most once per call. A node that hangs is left as soon as a probe finds it down."""
         tried: set[int] = set()
         while True:
             if self.active is None:
@@ -227,14 +251,22 @@ class NodeSet:
             member = self.members[index]
             tried.add(index)
             try:
-                return await member.client.get_template()
+                answered, template = await self._until_switch(member.client.get_template())
             except (NodeUnavailable, NodeError) as exc:
                 self.mark_down(member, str(exc))
                 if self.active is None or self.active in tried:
                     raise
+                continue
+            if answered:
+                return template
+            if self.active in tried:
+                raise NodeUnavailable(f"{member.name}: switched away while waiting for a template")
 
     async def longpoll_template(self, longpollid: str, timeout: float) -> Any:
-        return await self.current.client.longpoll_template(longpollid, timeout)
+        """A long poll on the active node; None when the node set switches meanwhile (the template source
+        then polls the new node, see ``generation``)."""
+        _, template = await self._until_switch(self.current.client.longpoll_template(longpollid, timeout))
+        return template
 
     async def call(self, method: str, *params: Any) -> Any:
         return await self.current.client.call(method, *params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -153,3 +154,30 @@ async def test_states_for_the_api() -> None:
         {"name": "a", "up": True, "active": False, "height": 9, "behind": True},
         {"name": "b", "up": True, "active": True, "height": 10, "behind": False},
     ]
+
+
+async def test_a_hung_node_is_left_as_soon_as_a_probe_finds_it_down() -> None:
+    """A node that accepts the call and never answers would hold the template fetch for its whole RPC timeout;
+    the fetch moves on when a probe marks the node down."""
+
+    class Hung(StandIn):
+        async def get_template(self) -> Any:
+            if self.down:
+                await asyncio.Event().wait()  # never answers
+            return await super().get_template()
+
+        async def call(self, method: str, *params: Any) -> Any:
+            if self.down:
+                raise NodeUnavailable("getblockchaininfo: timed out")
+            return await super().call(method, *params)
+
+    a, b = Hung("a"), StandIn("b")
+    nodes = node_set(a, b)
+    await nodes.probe()
+    a.down = True
+    fetch = asyncio.create_task(nodes.get_template())
+    await asyncio.sleep(0.05)
+    assert not fetch.done()  # parked on the hung node
+    await nodes.probe()
+    assert await asyncio.wait_for(fetch, 2) == {"from": "b"}
+    assert nodes.active_name == "b"
