@@ -155,9 +155,10 @@ class NodeSet:
             chainwork = int(str(info.get("chainwork", "0")), 16)
             height = int(info.get("blocks", 0))
         except (NodeUnavailable, NodeError, TimeoutError, ValueError, TypeError) as exc:
+            why = f"getblockchaininfo: no answer within {timeout:.0f} s" if isinstance(exc, TimeoutError) else str(exc)
             if state.up:
-                log.warning("bitcoind_down", node=member.name, url=member.client.url, error=str(exc))
-            state.up, state.error = False, str(exc) or type(exc).__name__
+                log.warning("bitcoind_down", node=member.name, url=member.client.url, error=why)
+            state.up, state.error = False, why or type(exc).__name__
             return
         if not state.up:
             log.info("bitcoind_up", node=member.name, url=member.client.url, height=height)

@@ -3,6 +3,7 @@ the miner or losing a block; a node whose tip is behind is not used."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -128,5 +129,34 @@ async def test_a_node_whose_tip_is_behind_is_not_chosen(two_nodes, tmp_path: Pat
             await wait_tip(a, next_block)
             await wait_tip(b, next_block)
             assert len(app.server.sessions) == 1
+        finally:
+            await miner.close()
+
+
+async def test_a_hung_active_node_is_left_within_one_refresh_interval(two_nodes, tmp_path: Path):
+    """SIGSTOP: the node keeps its sockets open and answers nothing (a hung bitcoind). The health probe times
+    out, the pool switches, and a fetch parked on the hung node does not wait for its RPC timeout."""
+    a, b = two_nodes
+    await connect(a, b)
+    refresh = 15.0
+    nodes = [entry(a, "a", network="regtest", refresh_interval=refresh), entry(b, "b")]
+    async with running_pool(a, tmp_path / "pool", node=nodes) as app:
+        miner = await connect_miner(app.server.port, f"{await arpc(a, 'getnewaddress', wallet='pool')}.w1")
+        try:
+            reply, first, _ = await mine_block_on(miner, await arpc(a, "getbestblockhash"))
+            assert reply.get("result") is True, reply
+            await wait_tip(b, first)
+            a.process.send_signal(signal.SIGSTOP)
+            try:
+                stopped_at = time.monotonic()
+                await wait_until(lambda: app.client.active_name == "b", refresh, what="the switch to node b")
+                assert time.monotonic() - stopped_at < refresh
+                reply, second, _ = await mine_block_on(miner, first, timeout=refresh)
+                assert reply.get("result") is True, reply
+                await wait_tip(b, second, timeout=refresh)
+                await wait_job_on(miner, second, timeout=refresh)  # new work, from b
+                assert len(app.server.sessions) == 1 and not miner.reader.at_eof()
+            finally:
+                a.process.send_signal(signal.SIGCONT)
         finally:
             await miner.close()
