@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
+from pool.mining.allowlist import Allowlist, AllowlistError, parse_allowlist
 from pool.server.guard import GuardConfig
 from pool.server.tls import TlsError, load_tls_context
 
@@ -28,8 +29,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    """One bitcoind. The pool-wide settings (network, longpoll, refresh_interval, submit_retry_max_delay) are
-    written once, in the first node, and copied into the others."""
+    """One bitcoind. The pool-wide settings (``POOL_WIDE_NODE_KEYS``: network, longpoll, refresh_interval,
+    submit_retry_max_delay, empty_block_first) are written once, in the first node, and copied into the others."""
 
     name: str = "node1"  # metric label and log field: configured, so bounded
     rpc_url: str = "http://127.0.0.1:8332"
@@ -42,6 +43,7 @@ class NodeConfig:
     longpoll: bool = True
     refresh_interval: float = 30.0
     submit_retry_max_delay: float = 5.0  # cap of the backoff between submitblock attempts to an unreachable node
+    empty_block_first: bool = True  # on a ZMQ tip: coinbase-only work at once, the full template after
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,27 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthorizationConfig:
+    """Who may mine: anyone with a valid address (``open``), or only licensed addresses (``allowlist``)."""
+
+    mode: str = "open"
+    allowlist_file: str = ""
+    drain_rate: float = 20.0  # sessions of removed addresses closed per second
+    allowlist: Allowlist | None = field(default=None, compare=False, repr=False)  # as read at start-up
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode == "allowlist"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportConfig:
+    """``pool report``: the fleet's energy efficiency, used for every site without one of its own."""
+
+    efficiency_j_per_th: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = NodeConfig()  # the first (preferred) bitcoind
     extra_nodes: tuple[NodeConfig, ...] = ()  # more bitcoinds, in order of preference (``[[node]]``)
@@ -129,6 +152,8 @@ class Config:
     payout: PayoutConfig = PayoutConfig()
     regtest: RegtestConfig = RegtestConfig()
     admin: AdminConfig = AdminConfig()
+    authorization: AuthorizationConfig = AuthorizationConfig()
+    report: ReportConfig = ReportConfig()
     data_dir: str = "data"
     ledger_path: str = ""
     metrics_enabled: bool = True
@@ -345,6 +370,10 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"payout.pool_address is required for scheme {payout.scheme!r}")
 
     admin = _admin(_section(raw, "admin"), env)
+    authorization = _authorization(_section(raw, "authorization"), node.network)
+    rp = _section(raw, "report")
+    report = ReportConfig(efficiency_j_per_th=rp.number("efficiency_j_per_th", 30.0, 0.001, 1e6))
+    rp.done()
 
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
@@ -358,6 +387,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         payout=payout,
         regtest=regtest,
         admin=admin,
+        authorization=authorization,
+        report=report,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
         metrics_enabled=metrics_table.boolean("enabled", True),
@@ -378,7 +409,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
 NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MAX_NODES = 16
 # Written once, in the first node; the same for every bitcoind the pool uses.
-POOL_WIDE_NODE_KEYS = ("network", "longpoll", "refresh_interval", "submit_retry_max_delay")
+POOL_WIDE_NODE_KEYS = ("network", "longpoll", "refresh_interval", "submit_retry_max_delay", "empty_block_first")
 
 
 def _nodes(table: Any, env: dict[str, str]) -> tuple[NodeConfig, ...]:
@@ -429,6 +460,7 @@ def _node(n: _Reader, section: str, index: int, env: dict[str, str], first: Node
         refresh_interval=first.refresh_interval if first else n.number("refresh_interval", 30.0, 1, 110),
         submit_retry_max_delay=(first.submit_retry_max_delay if first
                                 else n.number("submit_retry_max_delay", 5.0, 0.2, 60)),
+        empty_block_first=first.empty_block_first if first else n.boolean("empty_block_first", True),
     )
     n.done()
     if not node.rpc_url.startswith(("http://", "https://")):
@@ -497,6 +529,31 @@ def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
         raise ConfigError("admin.port is set but no admin token is configured"
                           " (admin.token, admin.token_file or POOL_ADMIN_TOKEN)")
     return admin
+
+
+def read_allowlist(path: str, network: str) -> Allowlist:
+    """Read and parse the allowlist file; AllowlistError (bad lines, with numbers) or OSError (unreadable)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return parse_allowlist(text, network, source=path)
+
+
+def _authorization(a: _Reader, network: str) -> AuthorizationConfig:
+    mode = a.choice("mode", "open", ("open", "allowlist"))
+    path = a.string("allowlist_file", "")
+    drain_rate = a.number("drain_rate", 20.0, 0.1, 100_000)
+    a.done()
+    allowlist = None
+    if mode == "allowlist" and not path:
+        raise ConfigError('authorization.mode = "allowlist" needs authorization.allowlist_file')
+    if path:
+        try:
+            allowlist = read_allowlist(path, network)
+        except AllowlistError as exc:
+            raise ConfigError(f"authorization.allowlist_file {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"authorization.allowlist_file: cannot read {path!r}: {exc}") from exc
+    return AuthorizationConfig(mode, path, drain_rate, allowlist)
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

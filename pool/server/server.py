@@ -14,7 +14,7 @@ import socket
 import time
 from collections import Counter as CountMap
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,7 +23,7 @@ from pool.mining.extranonce import ExtranonceAllocator
 from pool.mining.jobs import Job
 from pool.mining.shares import Accepted, Reject, Rejected, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
-from pool.mining.workers import Worker, parse_worker
+from pool.mining.workers import AuthError, Worker, parse_worker
 from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
@@ -40,7 +40,17 @@ from pool.stratum.events import (
     Subscribed,
     TransactionsRequested,
 )
-from pool.stratum.protocol import ERR_JOB_NOT_FOUND, ERR_OTHER, Deferred, ProtocolConfig, StratumProtocol
+from pool.stratum.protocol import (
+    ERR_JOB_NOT_FOUND,
+    ERR_OTHER,
+    ERR_UNAUTHORIZED,
+    Deferred,
+    ProtocolConfig,
+    StratumProtocol,
+)
+
+if TYPE_CHECKING:
+    from pool.server.access import AccessControl
 
 log = structlog.get_logger("pool.server")
 
@@ -188,6 +198,9 @@ class StratumServer:
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
         self.tls: TlsListener | None = None  # Stratum over TLS, beside the plain listener
+        self.access: AccessControl | None = None  # licensed operators (authorization.mode = "allowlist")
+        self._refusals = {reason: metrics.authorize_refusals.labels(reason)
+                          for reason in ("invalid-username", "too-many-workers", "too-many-payout-addresses")}
         self.port = 0
         self.tls_port = 0
 
@@ -507,7 +520,21 @@ class StratumServer:
             self._refuse_unadmitted(session, "proxy-timeout", session.peer, f"no header in {PROXY_HEADER_TIMEOUT:.0f} s")
 
     def _authorizer(self, username: str, password: str) -> Worker:
-        return parse_worker(username, password, self._network)
+        try:
+            worker = parse_worker(username, password, self._network)
+        except AuthError:
+            self._refusals["invalid-username"].inc()
+            raise
+        if self.access is not None:
+            self.access.check(worker)  # AuthError (error 24) for an address not licensed
+        return worker
+
+    def close_with_message(self, session: Session, reason: str, message: str) -> None:
+        """Tell the miner why (``client.show_message``, for those that display it), then close gracefully."""
+        if session.finished:
+            return
+        session.protocol.show_message(message)
+        self._finish(session, reason, graceful=True)
 
     def _dispatch(self, session: Session, event: Event) -> None:
         proto = session.protocol
@@ -519,6 +546,10 @@ class StratumServer:
                 if session.rate_limited > 10 * self.config.stratum.guard.submit_burst:
                     session.log.warning("submit_flood_dropped")
                     session.closing = True
+                return
+            if self.access is not None and not self.access.may_mine(event.worker):
+                self.metrics.share_rejects.labels("unlicensed").inc()
+                proto.answer_error(event.request_id, ERR_UNAUTHORIZED, "Address is no longer licensed on this pool")
                 return
             result, committed = self.coordinator.judge(event, proto.extranonce1)
             self._answer_share(session, event, result, committed)
@@ -572,6 +603,9 @@ class StratumServer:
             session.errors += 1
         elif isinstance(event, AuthorizeFailed):
             self.metrics.authorizes.labels("failed").inc()
+            refusal = self._refusals.get(event.reason.replace(" ", "-"))
+            if refusal is not None:  # refusals the core makes itself (the authorizer counts its own)
+                refusal.inc()
             session.log.info("authorize_failed", username=event.username, reason=event.reason)
             session.errors += 1
         elif isinstance(event, ProtocolError):
@@ -678,6 +712,8 @@ class StratumServer:
             tick += 1
             now = time.monotonic()
             self._sweep_deadlines(now, everyone=tick % 5 == 0)
+            if self.access is not None:
+                self.access.tick()  # sessions of addresses removed from the allowlist, closed at a paced rate
             if tick % 5:
                 continue
             for session in list(self.sessions.values()):
