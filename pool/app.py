@@ -18,6 +18,7 @@ from pool.ledger.history import HistoryWriter, Retention
 from pool.ledger.sqlite import Ledger
 from pool.mining.jobs import BlockTemplate
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
+from pool.node.nodeset import Member, NodeSet
 from pool.node.payouts import MaturityTracker, PaymentProcessor
 from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
@@ -39,7 +40,7 @@ class PoolApp:
         self.config = config
         self.metrics = Metrics()
         self.node: RegtestNode | None = None
-        self.client: NodeClient | None = None
+        self.client: NodeSet | None = None  # every configured bitcoind; calls go to the active one
         self.ledger: Ledger | None = None
         self.coordinator: Coordinator | None = None
         self.server: StratumServer | None = None
@@ -75,35 +76,42 @@ class PoolApp:
         log.info("regtest_bitcoind_started", rpc_port=node.rpc_port, datadir=str(node.datadir))
         return node.credentials
 
+    def _node_credentials(self) -> list[tuple[str, RpcCredentials, str]]:
+        """(name, credentials, ZMQ endpoint) of every bitcoind to use, the preferred first."""
+        if self.config.regtest.managed:
+            assert self.node is not None
+            return [(self.config.node.name, self.node.credentials, self.node.zmq_endpoint)]
+        return [(nc.name, RpcCredentials(nc.rpc_url, nc.rpc_user, nc.rpc_password, nc.rpc_cookie_file),
+                 nc.zmq_hashblock) for nc in self.config.nodes]
+
     async def start(self) -> None:
         cfg = self.config
         if cfg.regtest.managed:
-            creds = await self._start_managed_node()
-            zmq = self.node.zmq_endpoint if self.node else ""
-        else:
-            nc = cfg.node
-            creds = RpcCredentials(nc.rpc_url, nc.rpc_user, nc.rpc_password, nc.rpc_cookie_file)
-            zmq = nc.zmq_hashblock
+            await self._start_managed_node()
+        nodes = self._node_credentials()
+        timeouts = {nc.name: nc.rpc_timeout for nc in cfg.nodes}
         stale = self.metrics.rpc_stale_retries.labels
-        self.client = NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc,
-                                 on_stale=lambda m: stale(m).inc())
-        info = await self.client.wait_ready(
+
+        def client(creds: RpcCredentials, name: str, workers: int = 4, role: str = "rpc") -> NodeClient:
+            return NodeClient(creds, timeouts.get(name, cfg.node.rpc_timeout), observer=self.metrics.observe_rpc,
+                              workers=workers, name=role, on_stale=lambda m: stale(m).inc())
+
+        members = [Member(name, client(creds, name), zmq, health=client(creds, name, 1, "rpc-health"))
+                   for name, creds, zmq in nodes]
+        self.client = NodeSet(members, cfg.node.network, min(5.0, cfg.node.refresh_interval),
+                              on_switch=self._on_node_switch, on_probe=self._on_node_probe)
+        await self.client.wait_ready(
             time.monotonic() + 120, on_wait=lambda e: log.warning("waiting_for_bitcoind", error=e)
         )
-        chain = info.get("chain") if isinstance(info, dict) else None
-        if chain and chain != cfg.node.network:  # node.network uses bitcoind's own chain names
-            raise RuntimeError(f"node.network is {cfg.node.network!r} but bitcoind runs chain {chain!r}")
+        creds = nodes[0][1]
         pool_script = address_to_script(self.pool_address, cfg.node.network) if self.pool_address else None
         pc = cfg.payout
         self.ledger = Ledger(cfg.ledger_file, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
         self.ledger.on_commit = self._on_commit
         self.ledger.on_failure = lambda exc: self._on_task_failure("ledger-writer", exc)
         # Block submission has connections and a thread of its own: never behind template or payment RPC.
-        # One client per node (a list, so more nodes can be added); each gets every block.
-        self.submit_clients = [
-            NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc, workers=1, name="rpc-submit",
-                       on_stale=lambda m: stale(m).inc())
-        ]
+        # One client per node: each gets every block at once.
+        self.submit_clients = [client(node_creds, name, 1, "rpc-submit") for name, node_creds, _ in nodes]
         self.submitter = BlockSubmitter(
             self.submit_clients, Path(cfg.data_dir) / "blocks", self._on_block_outcome,
             retry=RetryPolicy(min(0.2, cfg.node.submit_retry_max_delay), cfg.node.submit_retry_max_delay),
@@ -132,7 +140,7 @@ class PoolApp:
             self._on_template,
             refresh_interval=cfg.node.refresh_interval,
             longpoll=cfg.node.longpoll,
-            zmq_endpoint=zmq,
+            zmq_endpoint=nodes[0][2] if len(nodes) == 1 else {name: zmq for name, _, zmq in nodes},
             on_health=lambda up: self.metrics.bitcoind_up.set(1 if up else 0),
             empty_first_network=cfg.node.network if cfg.node.empty_block_first else None,
         )
@@ -145,7 +153,10 @@ class PoolApp:
         sup = self.supervisor
         for name, loop_fn in self.source.loops().items():
             sup.start(name, loop_fn)
+        sup.start("node-health", self.client.run)
         sup.start("stratum-housekeeping", self.server.housekeeping)
+        if self.server.tls is not None:
+            sup.start("tls-accept", self.server.tls.accept_loop)
         sup.start("template-age", self._age_loop, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
         sup.start("history", self.history.run, required=False)
@@ -160,6 +171,19 @@ class PoolApp:
             self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
                                              pc.payment_grace)
             sup.start("payments", self.payments.run)
+
+    def _on_node_switch(self, before: Member | None, after: Member) -> None:
+        if before is not None:
+            self.metrics.node_switches.inc()
+        if self.source is not None:
+            self.source.node_switched(before, after)
+
+    def _on_node_probe(self, nodes: NodeSet) -> None:
+        for i, member in enumerate(nodes.members):
+            self.metrics.node_up.labels(member.name).set(1 if member.state.up else 0)
+            self.metrics.node_active.labels(member.name).set(1 if i == nodes.active else 0)
+            if member.state.height is not None:
+                self.metrics.node_tip_height.labels(member.name).set(member.state.height)
 
     async def audit(self, kind: str, payload: dict[str, object]) -> None:
         """Append an entry to the ledger's hash-chained audit log; a failure is logged, never raised (the
@@ -321,6 +345,7 @@ class PoolApp:
                            "found_at": last.found_at} if last else None,
             "uptime_seconds": now - self.started_at,
             "best_share": self._pool_best(),
+            "nodes": self.client.states() if self.client is not None else [],
         }
 
     def _pool_best(self) -> dict[str, object]:
