@@ -284,12 +284,12 @@ class Frontend:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the coordinator forwards TLS reloads as a command
         self._welcome = loop.create_future()
         self.link = await self._connect()
-        config, creds, pool_script, resumable = await asyncio.wait_for(self._welcome, 30)
+        config, submit_nodes, pool_script, resumable = await asyncio.wait_for(self._welcome, 30)
         configure_logging(config.log_level, config.log_format)
         self.ledger.attach(self.link)
         nc = config.node
-        self.clients = [NodeClient(creds, nc.rpc_timeout, observer=self.metrics.observe_rpc, workers=1,
-                                   name="rpc-submit")]
+        self.clients = [NodeClient(creds, timeout, observer=self.metrics.observe_rpc, workers=1, name="rpc-submit")
+                        for _, creds, timeout in submit_nodes]
         self.submitter = BlockSubmitter(
             self.clients, Path(config.data_dir) / "blocks", self._on_block_outcome,
             retry=RetryPolicy(min(0.2, nc.submit_retry_max_delay), nc.submit_retry_max_delay),
@@ -301,6 +301,9 @@ class Frontend:
         self.metrics.block_oldest_unresolved_seconds.set_function(submitter.oldest_unresolved_age)
         self.coordinator = Coordinator(config, pool_script, self.ledger, submitter, self.metrics)  # type: ignore[arg-type]
         self.coordinator.stats = self.stats
+        # Chart history and best shares are kept by the coordinator process from the shares it commits.
+        self.coordinator.history = _NoHistory()  # type: ignore[assignment]
+        self.coordinator.best = _NoBest()  # type: ignore[assignment]
         self.coordinator.on_block = self._on_found
         self.server = StratumServer(config, self.coordinator, self.metrics, process=self.index)
         self.server.on_release = self._on_release
@@ -315,6 +318,8 @@ class Frontend:
         log.info("frontend_started", process=self.index, pid=os.getpid(), port=self.server.port)
         sup = self.supervisor
         sup.start("stratum-housekeeping", self.server.housekeeping)
+        if self.server.tls is not None:
+            sup.start("tls-accept", self.server.tls.accept_loop)
         sup.start("coordinator-link", self._relink)
         sup.start("frontend-stats", self._report, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
@@ -367,6 +372,23 @@ class Frontend:
             self.link.close()
         for client in self.clients:
             client.close()
+
+
+class _NoHistory:
+    """A front-end's chart history: none (the coordinator process sums the work it commits)."""
+
+    def add(self, address: str, worker: str, difficulty: float, ts: float) -> None:
+        return None
+
+
+class _NoBest:
+    """A front-end's best shares: none (the coordinator process offers every share it receives)."""
+
+    def offer(self, address: str, worker: str, difficulty: float, now: float) -> None:
+        return None
+
+    def new_round(self) -> None:
+        return None
 
 
 def _loads(payload: bytes) -> Any:

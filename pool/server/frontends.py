@@ -146,13 +146,14 @@ class FrontendPool:
     """Runs ``stratum.processes`` front-ends; offers the parts of ``StratumServer`` the rest of the pool uses."""
 
     def __init__(self, config: Config, metrics: Metrics, ledger: Ledger, coordinator: Coordinator,
-                 creds: RpcCredentials, pool_script: bytes | None,
+                 submit_nodes: list[tuple[str, RpcCredentials, float]], pool_script: bytes | None,
                  on_block_resolved: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.ledger = ledger
         self.coordinator = coordinator
-        self.creds = creds
+        self.submit_nodes = submit_nodes  # (name, credentials, RPC timeout): each front-end submits to every one
+        self.tls = None  # the front-ends run the TLS listeners (StratumServer.tls in one process)
         self.pool_script = pool_script
         self.on_block_resolved = on_block_resolved
         self.processes = config.stratum.processes
@@ -402,7 +403,7 @@ class FrontendPool:
         link.slot = slot  # type: ignore[attr-defined]
         slot.link = link
         slot.link_lost_at = None
-        link.send(Kind.WELCOME, (self._child_config, self.creds, self.pool_script, list(self._released)))
+        link.send(Kind.WELCOME, (self._child_config, self.submit_nodes, self.pool_script, list(self._released)))
         if self._template_body is not None:  # the current work: a front-end that relinks may have it already
             link.send_raw(self._template_frame(True, False))
 
@@ -432,17 +433,20 @@ class FrontendPool:
         shares is one ledger operation (one savepoint, one answer): the coordinator's cost per share is a set
         lookup and a row, not a future and a thread hand-off each."""
         run: list[tuple[int, ShareRecord]] = []
+        bests: list[Any] = []
         for seq, op, payload in ops:
             if op == "share":
                 if self._claim(payload):
                     run.append((seq, payload))
+                    self._credit_live(payload, bests)
                 else:
                     link.queue(Kind.ACKS, (seq, ("duplicate", "share already credited")))
                 continue
             if run:
-                self._record_run(link, run)
-                run = []
+                self._record_run(link, run, bests)
+                run, bests = [], []
             if op == "block":
+                self.coordinator.best.new_round()  # after the finding share's offer, as in one process
                 future = self.ledger.record_block(payload)
             elif op == "status":
                 future = self.ledger.set_block_status(*payload)
@@ -451,7 +455,17 @@ class FrontendPool:
                 continue
             future.add_done_callback(lambda f, s=seq: self._acked(link, [(s, None)], f))
         if run:
-            self._record_run(link, run)
+            self._record_run(link, run, bests)
+
+    def _credit_live(self, record: ShareRecord, bests: list[Any]) -> None:
+        """What the one-process coordinator does for an accepted share besides its row: chart history and best
+        shares (the front-ends keep neither; this process sees every share). Best-share rows are written
+        right behind the run of shares that holds them."""
+        coordinator = self.coordinator
+        coordinator.history.add(record.address, record.worker, record.difficulty, record.ts)
+        best = coordinator.best.offer(record.address, record.worker, record.share_difficulty, record.ts)
+        if best is not None:
+            bests.append(best)
 
     def _claim(self, record: ShareRecord) -> bool:
         """False when the share's solution was credited already (through any front-end)."""
@@ -466,9 +480,11 @@ class FrontendPool:
         seen.add(key)
         return True
 
-    def _record_run(self, link: Link, run: list[tuple[int, ShareRecord]]) -> None:
+    def _record_run(self, link: Link, run: list[tuple[int, ShareRecord]], bests: list[Any]) -> None:
         future = self.ledger.record_shares([record for _, record in run])
         future.add_done_callback(lambda f: self._acked(link, run, f))
+        for best in bests:
+            self.ledger.record_best(best.row()).add_done_callback(_best_written)
 
     def _acked(self, link: Link, entries: list[tuple[int, ShareRecord | None]], future: asyncio.Future[Any]) -> None:
         error = future.exception() if not future.cancelled() else asyncio.CancelledError()
@@ -654,6 +670,12 @@ class MergedMetrics:
             family.samples = list(values[name].values())
             out.append(family)
         return out
+
+
+def _best_written(done: asyncio.Future[Any]) -> None:
+    """A best-share row that did not land is logged; the worker's next record carries it again."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("best_share_not_recorded", error=str(done.exception()))
 
 
 def _solution(record: ShareRecord) -> int:
