@@ -214,3 +214,52 @@ async def test_coordinator_commits_a_batch_in_order_and_refuses_cross_process_du
         assert coordinator.stats.workers[("addr", "w")].accepted == 4
     finally:
         ledger.close()
+
+
+def test_run_dir_falls_back_to_a_short_private_path_for_long_data_dirs(tmp_path) -> None:  # noqa: ANN001
+    from pathlib import Path
+
+    from pool.server.frontends import run_dir
+
+    assert run_dir("/srv/pool/data") == Path("/srv/pool/data/run")  # short enough: beside the data
+    deep = tmp_path / ("x" * 120)
+    fallback = run_dir(str(deep))
+    assert len(str(fallback / "frontends.sock")) < 108  # a Unix socket name's limit
+    assert fallback == run_dir(str(deep))  # stable: a coordinator started after a crash finds the same socket
+    assert fallback != run_dir(str(tmp_path / ("y" * 120)))
+
+
+def test_survivors_are_the_front_ends_still_running_with_the_same_layout(tmp_path) -> None:  # noqa: ANN001
+    """A coordinator started after a crash adopts only live front-end processes of the same process count."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from pool.config import Config
+    from pool.server.frontends import STATE_FILE, FrontendPool, run_dir
+
+    # A stand-in whose command line names the front-end module (how a pid is told from a reused one).
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "pool.server.frontend"])
+    try:
+        import dataclasses
+
+        config = Config(stratum=dataclasses.replace(Config().stratum, processes=2), data_dir=str(tmp_path / "d"))
+        directory = run_dir(config.data_dir)
+        directory.mkdir(parents=True)
+        gone = subprocess.Popen([sys.executable, "-c", "pass", "pool.server.frontend"])
+        gone.wait()
+        state = {"processes": 2, "port": 3333, "tls_port": 0, "pids": {"0": alive.pid, "1": gone.pid}}
+        (directory / STATE_FILE).write_text(json.dumps(state))
+        pool = FrontendPool(config, Metrics(CollectorRegistry()), None, None, [], None)  # type: ignore[arg-type]
+        survivors, saved = pool._survivors()
+        assert survivors == {0: alive.pid} and saved["port"] == 3333
+        # Another process count: nothing is adopted (and the old front-ends are told to stop).
+        (directory / STATE_FILE).write_text(json.dumps({**state, "processes": 3}))
+        assert pool._survivors() == ({}, {})
+        assert alive.wait(10) is not None
+        assert os.path.exists(directory / STATE_FILE)
+    finally:
+        if alive.poll() is None:
+            alive.kill()
+            alive.wait()
