@@ -21,8 +21,10 @@ from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
 from pool.node.work import TemplateSource
 from pool.ops.http import HttpApi
+from pool.ops.site_metrics import SiteCollector
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics
+from pool.programme.controller import SiteController
 from pool.server.coordinator import Coordinator
 from pool.server.server import StratumServer
 
@@ -35,6 +37,9 @@ class PoolApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
+        # Sites, energy and curtailment: every session gets a site (or "unassigned"); see pool/programme/.
+        self.sites = SiteController(config.programme)
+        self.metrics.registry.register(SiteCollector(self.sites))
         self.node: RegtestNode | None = None
         self.client: NodeClient | None = None
         self.ledger: Ledger | None = None
@@ -109,7 +114,9 @@ class PoolApp:
             lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         await self.coordinator.replay_block_rows()
-        self.server = StratumServer(cfg, self.coordinator, self.metrics)
+        self.server = StratumServer(cfg, self.coordinator, self.metrics, sites=self.sites)
+        self.sites.server = self.server
+        self.sites.ledger = self.ledger
         self.source = TemplateSource(
             self.client,
             self._on_template,
@@ -128,6 +135,7 @@ class PoolApp:
         for name, loop_fn in self.source.loops().items():
             sup.start(name, loop_fn)
         sup.start("stratum-housekeeping", self.server.housekeeping)
+        sup.start("sites", self.sites.run)  # curtailment orders and schedules; without it none is applied
         sup.start("template-age", self._age_loop, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
+from pool.programme.siteconfig import ProgrammeConfig, SiteConfigError, parse_programme
 from pool.server.guard import GuardConfig
 from pool.server.tls import TlsError, load_tls_context
 
@@ -120,6 +121,7 @@ class Config:
     payout: PayoutConfig = PayoutConfig()
     regtest: RegtestConfig = RegtestConfig()
     admin: AdminConfig = AdminConfig()
+    programme: ProgrammeConfig = ProgrammeConfig()  # [[site]] and [programme]: sites, energy, curtailment
     data_dir: str = "data"
     ledger_path: str = ""
     metrics_enabled: bool = True
@@ -340,6 +342,10 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"payout.pool_address is required for scheme {payout.scheme!r}")
 
     admin = _admin(_section(raw, "admin"), env)
+    try:
+        programme = parse_programme(raw.pop("site", []), raw.pop("programme", {}))
+    except SiteConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
@@ -352,6 +358,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         payout=payout,
         regtest=regtest,
         admin=admin,
+        programme=programme,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
         metrics_enabled=metrics_table.boolean("enabled", True),

@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pool.ops.admin import AdminApi
+from pool.ops.sites_api import SitesApi
 
 if TYPE_CHECKING:
     from pool.app import PoolApp
@@ -52,6 +53,7 @@ class HttpApi:
                 web.get("/api/pool", self.api_pool),
                 web.get("/api/address/{address}", self.api_address),
                 web.get("/api/blocks", self.api_blocks),
+                *SitesApi(app).routes(),
             ]
         )
         self.admin_web: web.Application | None = None

@@ -23,8 +23,9 @@ from pool.mining.extranonce import ExtranonceAllocator
 from pool.mining.jobs import Job
 from pool.mining.shares import Accepted, Reject, Rejected, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
-from pool.mining.workers import Worker, parse_worker
+from pool.mining.workers import AuthError, Worker, parse_worker
 from pool.ops.telemetry import Metrics
+from pool.programme.controller import SiteController
 from pool.server.coordinator import Coordinator
 from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
 from pool.server.tls import TlsListener
@@ -76,7 +77,7 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "id", "peer", "ip", "protocol", "vardiff", "connected", "last_activity", "worker",
         "has_work", "errors", "_log", "agent", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
-        "transactions", "finished", "paused",
+        "transactions", "finished", "paused", "site", "close_reason",
     )
 
     def __init__(self, server: StratumServer) -> None:
@@ -87,6 +88,8 @@ class Session(asyncio.Protocol):
         self.paused = False
         self._log: Any = None
         self.agent: str | None = None
+        self.site: str | None = None  # decided at the first authorize (pool/programme/sites.py)
+        self.close_reason: str | None = None  # why ``closing`` was set, when it is not a plain drop
 
     @property
     def log(self) -> Any:
@@ -146,10 +149,13 @@ class Session(asyncio.Protocol):
 class StratumServer:
     """Accepts miners, runs their sessions and pushes new work to all of them."""
 
-    def __init__(self, config: Config, coordinator: Coordinator, metrics: Metrics) -> None:
+    def __init__(self, config: Config, coordinator: Coordinator, metrics: Metrics,
+                 sites: SiteController | None = None) -> None:
         self.config = config
         self.coordinator = coordinator
         self.metrics = metrics
+        self.sites = sites
+        self._paused_sites: set[str] = sites.paused if sites is not None else set()  # curtailed: no work
         sc = config.stratum
         dc = config.difficulty
         self._proto_config = ProtocolConfig(
@@ -229,6 +235,8 @@ class StratumServer:
 
         ``fresh`` re-sends under alias ids so a new difficulty applies to them alone; the book gains nothing.
         """
+        if session.site in self._paused_sites:
+            return False
         jobs = self.coordinator.jobs_for(session.protocol.workers.values())
         for i, job in enumerate(jobs):
             alias = self.coordinator.book.next_id() if fresh else None
@@ -251,6 +259,18 @@ class StratumServer:
                 session.protocol.send_reconnect(host, port, wait_seconds)
                 session.flush()
                 count += 1
+        return count
+
+    def close_sessions(self, sessions: list[int], reason: str, message: str) -> int:
+        """Curtailment: each open session gets ``message`` (``client.show_message``) and is closed; the count."""
+        count = 0
+        for sid in sessions:
+            session = self.sessions.get(sid)
+            if session is None or session.finished:
+                continue
+            session.protocol.show_message(message)
+            self._finish(session, reason, graceful=True)
+            count += 1
         return count
 
     def set_version_mask(self, mask: int) -> int:
@@ -308,7 +328,8 @@ class StratumServer:
         session.ip = ip
         session.peer = f"{ip}:{peername[1]}" if peername else "?"
         session.protocol = StratumProtocol(
-            self._proto_config, extranonce1, self._authorizer, lambda h: self._resume(h, extranonce1),
+            self._proto_config, extranonce1, lambda u, p: self._authorize(session, u, p),
+            lambda h: self._resume(h, extranonce1),
             backlog=transport.get_write_buffer_size,
         )
         session.vardiff = Vardiff(self._vardiff_config, now)
@@ -346,7 +367,7 @@ class StratumServer:
         if proto.closed:
             self._finish(session, "protocol-error", graceful=True)
         elif session.closing:
-            self._finish(session, "dropped", graceful=True)
+            self._finish(session, session.close_reason or "dropped", graceful=True)
         elif session.errors > MAX_PROTOCOL_ERRORS:
             self._finish(session, "too-many-errors")
         elif proto.deferred > MAX_SHARES_IN_FLIGHT and not session.paused:
@@ -370,6 +391,8 @@ class StratumServer:
         self._remember_extranonce(extranonce1)
         self.metrics.connections.set(len(self.sessions))
         self.metrics.disconnects.labels(reason).inc()
+        if self.sites is not None and session.site is not None:
+            self.sites.closed(session.id)
         session.log.debug("disconnected", reason=reason)
         transport = session.transport
         if transport is None or transport.is_closing():
@@ -420,8 +443,19 @@ class StratumServer:
             if now >= deadline:
                 self._finish(session, why)
 
-    def _authorizer(self, username: str, password: str) -> Worker:
-        return parse_worker(username, password, self._network)
+    def _authorize(self, session: Session, username: str, password: str) -> Worker:
+        """Parse the login; a connection's first worker decides its site, whose curtailment may refuse it:
+        the miner is told why (``client.show_message``, then error 24) and the connection is closed."""
+        worker = parse_worker(username, password, self._network)
+        if self.sites is not None and session.site is None:
+            site, refusal = self.sites.admit(session.ip, worker.name)
+            if refusal is not None:
+                session.protocol.show_message(refusal)
+                session.closing = True
+                session.close_reason = "curtailed"
+                raise AuthError(refusal)
+            session.site = site
+        return worker
 
     def _dispatch(self, session: Session, event: Event) -> None:
         proto = session.protocol
@@ -435,6 +469,10 @@ class StratumServer:
                     session.closing = True
                 return
             result, committed = self.coordinator.judge(event, proto.extranonce1)
+            if self.sites is not None and session.site is not None:
+                won = result if isinstance(result, Accepted) else None
+                self.sites.share(session.site, event.worker.full_name, event.worker.name,
+                                 won.difficulty if won else None, won is not None and won.is_block)
             self._answer_share(session, event, result, committed)
         elif isinstance(event, Subscribed):
             self.metrics.subscribes.inc()
@@ -445,6 +483,10 @@ class StratumServer:
                 self._send_work(session, fresh=False)
         elif isinstance(event, Authorized):
             self.metrics.authorizes.labels("ok").inc()
+            worker = event.worker
+            self.coordinator.stats.seen(worker.address, worker.name, time.time())
+            if self.sites is not None and session.site is not None:
+                self.sites.authorized(session.id, session.site, worker.full_name, worker.name)
             if event.first:
                 self._handshaking.pop(session.id, None)
                 session.worker = event.worker
@@ -481,6 +523,8 @@ class StratumServer:
             else:
                 proto.answer_error(event.request_id, ERR_JOB_NOT_FOUND, "Job not found")
         elif isinstance(event, ShareRefused):
+            if self.sites is not None and session.site is not None:
+                self.sites.share(session.site, "", "", None, False)
             self.metrics.shares.labels("rejected").inc()
             self.metrics.share_rejects.labels(event.rejected.reason.value).inc()
             session.errors += 1
