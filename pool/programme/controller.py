@@ -134,7 +134,7 @@ class SiteController:
 
     def _apply(self, site: str, curtailment: Curtailment, change: Change, now: float) -> None:
         state = self.book.sites[site]
-        payload: dict[str, Any] = {"site": site, "event": change.kind, "reason": change.reason}
+        payload: dict[str, Any] = {"site": site, "change": change.kind, "reason": change.reason}
         if change.kind == "start":
             active = curtailment.active
             assert active is not None

@@ -3,16 +3,18 @@
 A pure function of (windows, now): no clock is read here, so tests drive it with any instant, across
 daylight-saving changes included. Windows are local wall-clock times in a named zone; each occurrence is
 turned into UTC instants on its own date, so a 22:00-06:00 window lasts 7 hours on the night clocks go
-forward and 9 on the night they go back. A local start that does not exist (inside a spring-forward gap)
-falls at the first instant after the gap's wall-clock equivalent (02:30 reads as 03:30 summer time); one that
-exists twice (autumn) is its first occurrence.
+forward and 9 on the night they go back. A local time that does not exist (inside a spring-forward gap) is
+read as the end of the gap (02:30 -> the moment clocks jump to 03:00); one that exists twice (autumn) is its
+first occurrence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as clock_time
+from zoneinfo import ZoneInfo
 
 from pool.programme.siteconfig import DailyWindow
 
@@ -28,11 +30,23 @@ class ScheduleState:
     next_end: float | None
 
 
-def _instant(day: date, window: DailyWindow, at_end: bool) -> float:
-    wall = window.end if at_end else window.start
-    local = datetime.combine(day, wall, tzinfo=window.zone)
-    # Round-trip through UTC so a wall time inside a gap gets its real instant.
-    return local.astimezone(UTC).timestamp()
+def local_instant(day: date, wall: clock_time, zone: ZoneInfo) -> int:
+    """The UNIX time at which the wall clock of ``zone`` reads ``wall`` on ``day``: the first such instant when
+    it reads it twice (autumn), the end of the gap when it never does (spring: 02:30 -> the 03:00 jump)."""
+    naive = datetime.combine(day, wall)
+    first = int(naive.replace(tzinfo=zone, fold=0).timestamp())
+    if datetime.fromtimestamp(first, zone).replace(tzinfo=None) == naive:
+        return first
+    # In a gap: the pre-change offset lands after the jump, the post-change one before it. The jump is the
+    # first instant whose wall-clock reading is not earlier than ``wall``.
+    lo, hi = int(naive.replace(tzinfo=zone, fold=1).timestamp()), first
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).replace(tzinfo=None) >= naive:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def occurrences(window: DailyWindow, now: float) -> Iterator[tuple[float, float]]:
@@ -42,9 +56,9 @@ def occurrences(window: DailyWindow, now: float) -> Iterator[tuple[float, float]
         day = today + timedelta(days=offset)
         if day.weekday() not in window.days:
             continue
-        start = _instant(day, window, at_end=False)
+        start = local_instant(day, window.start, window.zone)
         end_day = day + timedelta(days=1) if window.end <= window.start else day
-        end = _instant(end_day, window, at_end=True)
+        end = local_instant(end_day, window.end, window.zone)
         if end > start:
             yield start, end
 
