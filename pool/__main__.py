@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     payouts = sub.add_parser("payouts", help="credits, payments and balances")
     ledger_args(payouts)
     payouts.add_argument("--by", choices=("address", "worker"), default="address")
+    sites = sub.add_parser("sites", help="sites of the running pool: miners, hashrate, power, curtailment")
+    sites.add_argument("--config", help="TOML config file (the pool's metrics.host/port are asked)")
+    sites.add_argument("--url", help="the pool's HTTP API, e.g. http://127.0.0.1:9100 (overrides --config)")
+    sites.add_argument("--json", action="store_true", help="machine-readable output (the /api/sites body)")
     audit = sub.add_parser("audit", help="verify or export the hash-chained audit log")
     audit.add_argument("action", choices=("verify", "export"))
     audit.add_argument("--format", choices=("csv", "json"), default="csv")
@@ -71,6 +75,19 @@ def _report(args: argparse.Namespace) -> int:
         print(f"pool: {exc}", file=sys.stderr)
         return 1
     print(reports.render(table, args.json))
+    return 0
+
+
+def _sites(args: argparse.Namespace) -> int:
+    from pool.ops.sites_cli import api_url, fetch_sites, render_sites
+
+    url = args.url or api_url(load_config(args.config) if args.config else embedded_default())
+    try:
+        body = fetch_sites(url)
+    except ConnectionError as exc:
+        print(f"pool: {exc}", file=sys.stderr)
+        return 1
+    print(render_sites(body, args.json))
     return 0
 
 
@@ -123,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("workers", "blocks", "payouts", "audit"):
             return _report(args)
+        if args.command == "sites":
+            return _sites(args)
         if args.command == "check-config":
             load_config(args.config)
             print(f"{args.config}: OK")
