@@ -108,3 +108,15 @@ def test_bad_programme_names_the_setting(programme: dict[str, Any], named: str):
 def test_site_must_be_an_array_of_tables():
     with pytest.raises(ConfigError, match=r"\[\[site\]\]"):
         parse_config({"node": {"network": "regtest"}, "regtest": {"managed": True}, "site": {"name": "x"}}, env={})
+
+
+def test_the_commented_example_in_example_toml_parses():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "config" / "example.toml").read_text()
+    block = re.sub(r"^# (?=\S)", "", text[text.index("[programme]"):], flags=re.M)
+    raw = tomllib.loads("\n".join(line for line in block.splitlines() if not line.startswith("#")))
+    programme = _config(raw["site"], raw["programme"])
+    assert programme.sites[0].name == "north" and programme.sites[0].curtailment[0].timezone == "Europe/Madrid"
