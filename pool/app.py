@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -117,6 +118,10 @@ class PoolApp:
         self.server = StratumServer(cfg, self.coordinator, self.metrics, sites=self.sites)
         self.sites.server = self.server
         self.sites.ledger = self.ledger
+        records = await asyncio.to_thread(
+            self.ledger.query, "SELECT payload FROM audit WHERE kind = 'site_curtailment' ORDER BY seq")
+        for site in self.sites.restore([json.loads(payload) for (payload,) in records]):
+            log.warning("site_curtailment_restored", site=site)
         self.source = TemplateSource(
             self.client,
             self._on_template,

@@ -65,6 +65,7 @@ class SiteController:
         self.server: SessionCloser | None = None
         self.ledger: AuditSink | None = None
         self.on_change: Callable[[str, Change], None] | None = None
+        self._restored: set[str] = set()  # manual orders restored at start, not yet applied
 
     # ---- calls from the Stratum server ---------------------------------------------------------------------
 
@@ -106,6 +107,30 @@ class SiteController:
         was = self.curtailments[site].resume(self.schedule(site, self.clock()))
         return was, self.tick()
 
+    def restore(self, records: list[dict[str, Any]]) -> list[str]:
+        """At start: manual curtailments still due, from the audit log's ``site_curtailment`` records in order
+        (an operator's order outlives a restart; schedules come back from the config by themselves). Returns
+        the sites whose order was restored; they are applied, and audited again, at the next tick."""
+        last: dict[str, dict[str, Any]] = {}
+        for record in records:
+            if record.get("site") in self.curtailments:
+                last[record["site"]] = record
+        now = self.clock()
+        restored = []
+        for site, record in last.items():
+            until = record.get("until")
+            if record.get("change") != "start" or record.get("reason") != "manual" or not isinstance(until, str):
+                continue
+            try:
+                ts = datetime.fromisoformat(until.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+            if ts > now:
+                self.curtailments[site].order(ts)
+                self._restored.add(site)
+                restored.append(site)
+        return restored
+
     # ---- the loop ------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -122,6 +147,7 @@ class SiteController:
             if change is not None:
                 self._apply(site, curtailment, change, now)
                 changes.append(change)
+                self._restored.discard(site)
             allowed = curtailment.closes_allowed(mono)
             if allowed and self.server is not None:
                 sessions = self.book.sessions_of(site)[:allowed]
@@ -145,6 +171,8 @@ class SiteController:
             self.book.set_curtailed(site, True, now)
             payload |= {"until": iso(change.until), "hashrate_shed": active.shed_hashrate,
                         "power_shed_watts": active.shed_watts, "miners": active.shed_miners}
+            if site in self._restored:
+                payload["restored"] = True  # an order given before the pool restarted
         else:
             self.paused.discard(site)
             self.book.set_curtailed(site, False, now)

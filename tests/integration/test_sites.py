@@ -272,3 +272,21 @@ async def test_scheduled_curtailment_with_a_stepped_clock(regtest, tmp_path: Pat
             assert metric(app, "pool_site_curtailments_total", site="lab", reason="schedule") == 1
         finally:
             await lab.close()
+
+
+async def test_a_manual_curtailment_outlives_a_restart(regtest, tmp_path: Path):
+    data_dir = tmp_path / "pool"
+    until = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    async with running_pool(regtest, data_dir, site=SITES, programme=FAST, admin={"token": TOKEN}) as app:
+        status, _ = await http("POST", app.http.port, f"/admin/sites/lab/curtail?until={until}", BEARER)
+        assert status == 200
+    async with running_pool(regtest, data_dir, site=SITES, programme=FAST, admin={"token": TOKEN}) as app:
+        await wait_until(lambda: metric(app, "pool_site_curtailed", site="lab") == 1, 10,
+                         what="the restored curtailment")
+        address = await arpc(regtest, "getnewaddress", wallet="pool")
+        reply, refused = await refused_login(app.server.port, f"{address}.rig1")
+        assert reply["error"][0] == 24 and "curtailed" in reply["error"][1]
+        await refused.close()
+        records = audit(app, "site_curtailment")
+        assert [(r["change"], r.get("restored", False)) for r in records] == [("start", False), ("start", True)]
+        assert records[1]["until"] == until

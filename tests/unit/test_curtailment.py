@@ -199,3 +199,22 @@ def test_manual_order_longer_than_the_window_wins_and_hands_over():
     assert controller.tick() == []
     clocks.now = ts("2026-11-30T23:00:00")
     assert [c.kind for c in controller.tick()] == ["end"]
+
+
+def test_a_manual_order_still_due_is_restored_after_a_restart():
+    controller, clocks, server, ledger = make()
+    controller.curtail("north", clocks.now + 3600)
+    controller.curtail("south", clocks.now + 60)
+    controller.resume("south")
+    records = [payload for _, payload in ledger.entries]
+
+    after, clocks2, _, ledger2 = make(now="2026-11-30T12:10:00")
+    assert after.restore(records) == ["north"]
+    changes = after.tick()
+    assert [(c.kind, c.reason) for c in changes] == [("start", "manual")]
+    assert after.site_view("north")["curtailment"]["until"] == "2026-11-30T13:00:00Z"
+    assert ledger2.entries[-1][1]["restored"] is True
+    assert after.site_view("south")["curtailment"]["state"] == "normal"
+
+    late, _, _, _ = make(now="2026-11-30T13:00:01")  # the order ran out while the pool was down
+    assert late.restore(records) == []
