@@ -201,8 +201,9 @@ class SiteController:
 
     def curtailment_view(self, site: str, now: float, mono: float) -> dict[str, Any]:
         curtailment = self.curtailments.get(site)
-        if curtailment is None:
-            return {"state": "normal", "reason": None, "since": None, "until": None, "next_window": None}
+        if curtailment is None:  # unassigned miners are never curtailed
+            return {"state": "normal", "reason": None, "since": None, "until": None, "next_window": None,
+                    "last_end": None, "starts": {}, "closed": 0, "refused": {}}
         active = curtailment.active
         schedule = self.schedule(site, now)
         upcoming = None
