@@ -56,6 +56,8 @@ class SiteCollector(Collector):
         blocks = CounterMetricFamily("pool_site_blocks", "Blocks found by the site's miners", labels=["site"])
         starts = CounterMetricFamily("pool_site_curtailments", "Curtailments started, by reason (manual, schedule)",
                                      labels=["site", "reason"])
+        ends = CounterMetricFamily("pool_site_curtailment_ends", "Curtailments ended, by reason (manual, schedule)",
+                                   labels=["site", "reason"])
         closed = CounterMetricFamily("pool_site_curtailment_closed_connections",
                                      "Connections closed because their site was curtailed", labels=["site"])
         refused = CounterMetricFamily("pool_site_refused_logins",
@@ -87,8 +89,10 @@ class SiteCollector(Collector):
             shed_power.add_metric([name], active.shed_watts if active else 0.0)
             for reason, count in curtailment.starts.items():
                 starts.add_metric([name, reason], count)
+            for reason, count in curtailment.ends.items():
+                ends.add_metric([name, reason], count)
             closed.add_metric([name], curtailment.closed)
             for reason, count in curtailment.refused.items():
                 refused.add_metric([name, reason], count)
         yield from (miners, workers, hashrate, power, budget, ratio, silent, curtailed, ramping, shed_hashrate,
-                    shed_power, shares, difficulty, blocks, starts, closed, refused)
+                    shed_power, shares, difficulty, blocks, starts, ends, closed, refused)

@@ -150,7 +150,7 @@ class SiteController:
                 self._restored.discard(site)
             allowed = curtailment.closes_allowed(mono)
             if allowed and self.server is not None:
-                sessions = self.book.sessions_of(site)[:allowed]
+                sessions = self.book.sessions_of(site, allowed)
                 if sessions:
                     assert curtailment.active is not None
                     message = (f"Site {site} is curtailed until {_short(curtailment.active.until)} (grid load);"
@@ -176,7 +176,8 @@ class SiteController:
         else:
             self.paused.discard(site)
             self.book.set_curtailed(site, False, now)
-            payload |= {"early": change.early, "miners": len(state.sessions),
+            payload |= {"early": change.early, "seconds": now - change.since, "hashrate_shed": change.shed_hashrate,
+                        "power_shed_watts": change.shed_watts, "miners": len(state.sessions),
                         "ramp_admit_rate": curtailment.admit_rate}
         (log.warning if change.kind == "start" else log.info)("site_curtailment", **payload)
         if self.on_change is not None:

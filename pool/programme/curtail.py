@@ -60,6 +60,9 @@ class Change:
     reason: str  # "manual" or "schedule"
     until: float | None  # start: when it is due to end
     early: bool = False  # end: the operator ended it before its time
+    since: float = 0.0  # end: when it started, and what it shed then
+    shed_hashrate: float = 0.0
+    shed_watts: float = 0.0
 
 
 @dataclass(slots=True)
@@ -88,6 +91,7 @@ class Curtailment:
         self.closed = 0  # connections closed by curtailments
         self.refused: dict[str, int] = {"curtailed": 0, "ramp": 0}
         self.starts: dict[str, int] = {"manual": 0, "schedule": 0}
+        self.ends: dict[str, int] = {"manual": 0, "schedule": 0}
 
     # ---- operator orders -----------------------------------------------------------------------------------
 
@@ -139,7 +143,9 @@ class Curtailment:
         self.last_end = now
         self.admitter = Pacer(self.admit_rate, mono)
         self.ramp_until_mono = mono + active.shed_miners / self.admit_rate + RAMP_MARGIN
-        return Change("end", active.reason, None, early=now < active.until)
+        self.ends[active.reason] += 1
+        return Change("end", active.reason, None, early=now < active.until, since=active.since,
+                      shed_hashrate=active.shed_hashrate, shed_watts=active.shed_watts)
 
     # ---- what the server may do ----------------------------------------------------------------------------
 

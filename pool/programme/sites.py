@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,8 +175,9 @@ class SiteBook:
         if not curtailed:
             state.resumed_at = now
 
-    def sessions_of(self, site: str) -> list[int]:
-        return sorted(self.sites[site].sessions)
+    def sessions_of(self, site: str, limit: int) -> list[int]:
+        """Up to ``limit`` of the site's open sessions (any order: a curtailment closes them all)."""
+        return list(itertools.islice(self.sites[site].sessions, limit))
 
     # ---- views ---------------------------------------------------------------------------------------------
 

@@ -130,7 +130,9 @@ def test_manual_curtailment_closes_at_pace_refuses_then_ramps_back():
     was, changes = controller.resume("north")
     assert was and [(c.kind, c.early) for c in changes] == [("end", True)]
     assert controller.paused == set()
-    assert ledger.entries[-1][1]["change"] == "end" and ledger.entries[-1][1]["early"] is True
+    end = ledger.entries[-1][1]
+    assert end["change"] == "end" and end["early"] is True and end["seconds"] == 1.5
+    assert (end["hashrate_shed"], end["power_shed_watts"]) == (start["hashrate_shed"], start["power_shed_watts"])
     # The ramp: one login per second (burst 1), for 5 shed miners / 1 per s + the margin.
     assert login(controller, 60) is None
     refusal = login(controller, 61)

@@ -92,7 +92,7 @@ def test_shares_blocks_and_sessions_are_counted_per_site():
     lab = book.summary("lab", START + 4)
     assert (lab["accepted"], lab["rejected"], lab["blocks"], lab["accepted_difficulty"]) == (2, 1, 1, 5.0)
     assert (lab["miners"], lab["workers"]) == (1, 2)
-    assert book.sessions_of("lab") == [1]
+    assert book.sessions_of("lab", 10) == [1]
     book.closed(1, START + 5)
     book.closed(1, START + 5)  # twice is harmless
     lab = book.summary("lab", START + 6)
