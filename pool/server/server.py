@@ -328,7 +328,7 @@ class StratumServer:
         session.ip = ip
         session.peer = f"{ip}:{peername[1]}" if peername else "?"
         session.protocol = StratumProtocol(
-            self._proto_config, extranonce1, lambda u, p: self._authorize(session, u, p),
+            self._proto_config, extranonce1, lambda u, p: self._authorize(sid, u, p),  # no cycle via session
             lambda h: self._resume(h, extranonce1),
             backlog=transport.get_write_buffer_size,
         )
@@ -443,11 +443,12 @@ class StratumServer:
             if now >= deadline:
                 self._finish(session, why)
 
-    def _authorize(self, session: Session, username: str, password: str) -> Worker:
+    def _authorize(self, sid: int, username: str, password: str) -> Worker:
         """Parse the login; a connection's first worker decides its site, whose curtailment may refuse it:
         the miner is told why (``client.show_message``, then error 24) and the connection is closed."""
         worker = parse_worker(username, password, self._network)
-        if self.sites is not None and session.site is None:
+        session = self.sessions.get(sid)
+        if self.sites is not None and session is not None and session.site is None:
             site, refusal = self.sites.admit(session.ip, worker.name)
             if refusal is not None:
                 session.protocol.show_message(refusal)

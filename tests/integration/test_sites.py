@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import running_pool
-from tests.support.chain import arpc, mine_block_on, ready_miner, wait_tip, wait_until
+from tests.support.chain import arpc, mine_block_on, ready_miner, wait_until
 from tests.support.miner import TestMiner as Miner
 
 pytestmark = pytest.mark.integration
@@ -127,11 +127,10 @@ async def test_sites_assignment_metrics_api_and_cli(regtest, tmp_path: Path):
                 assert m.accepted == shares
             for _ in range(5):  # a block of lab's own for certain
                 tip = await arpc(regtest, "getbestblockhash")
-                reply, block_hash, _ = await mine_block_on(lab, tip)
+                reply, _, _ = await mine_block_on(lab, tip)
                 if reply["result"] is True:
                     break
-            assert reply["result"] is True, reply
-            await wait_tip(regtest, block_hash)
+            assert reply["result"] is True, reply  # answered once the block's ledger row is written
 
             status, body = await http("GET", app.http.port, "/api/sites")
             assert status == 200
@@ -320,3 +319,35 @@ async def test_a_manual_curtailment_outlives_a_restart(regtest, tmp_path: Path):
         records = audit(app, "site_curtailment")
         assert [(r["change"], r.get("restored", False)) for r in records] == [("start", False), ("start", True)]
         assert records[1]["until"] == until
+
+
+async def test_after_a_curtailment_logins_come_back_as_a_ramp(regtest, tmp_path: Path):
+    programme = {"curtail_close_rate": 100, "resume_admit_rate": 1}
+    async with running_pool(regtest, tmp_path / "pool", site=SITES, programme=programme,
+                            admin={"token": TOKEN}) as app:
+        port, http_port = app.server.port, app.http.port
+        address = await arpc(regtest, "getnewaddress", wallet="pool")
+        lab = [await miner(port, f"{address}.rig{i}") for i in range(3)]
+        try:
+            until = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0).isoformat()
+            assert (await http("POST", http_port, f"/admin/sites/lab/curtail?until={until.replace('+00:00', 'Z')}",
+                               BEARER))[0] == 200
+            await wait_until(lambda: all(disconnected(m) for m in lab), 10, what="the lab miners to be closed")
+            assert (await http("POST", http_port, "/admin/sites/lab/resume", BEARER))[0] == 200
+            # One login per second: the first is in, the next one in the same second is told to retry.
+            first = await miner(port, f"{address}.rig0")
+            reply, refused = await refused_login(port, f"{address}.rig1")
+            assert reply["error"][0] == 24 and "resuming after a curtailment" in reply["error"][1]
+            assert any("admits 1 miners per second" in text for text in shown(refused))
+            await refused.close()
+            assert metric(app, "pool_site_ramping", site="lab") == 1
+            assert metric(app, "pool_site_refused_logins_total", site="lab", reason="ramp") == 1
+            await asyncio.sleep(1.1)
+            second = await miner(port, f"{address}.rig1")
+            for m in (first, second):
+                await one_share(m)
+            await first.close()
+            await second.close()
+        finally:
+            for m in lab:
+                await m.close()
