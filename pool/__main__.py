@@ -79,7 +79,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sites(args: argparse.Namespace) -> int:
-    from pool.ops.sites_cli import api_url, fetch_sites, render_sites
+    from pool.ops.sites import api_url, fetch_sites, render_sites
 
     url = args.url or api_url(load_config(args.config) if args.config else embedded_default())
     try:

@@ -22,7 +22,7 @@ from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
 from pool.node.work import TemplateSource
 from pool.ops.http import HttpApi
-from pool.ops.site_metrics import SiteCollector
+from pool.ops.sites import SiteCollector
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics
 from pool.programme.controller import SiteController

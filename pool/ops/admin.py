@@ -1,5 +1,5 @@
 """The operator's admin API: ``POST /admin/reconnect``, ``POST /admin/version-mask`` and site curtailment
-(``POST /admin/sites/NAME/curtail``, ``/resume``; pool/ops/sites_api.py).
+(``POST /admin/sites/NAME/curtail``, ``/resume``; pool/ops/sites.py).
 
 Whoever can use these moves the pool's whole hashrate, so they are off unless a token is configured
 (``admin.token``, ``admin.token_file`` or ``POOL_ADMIN_TOKEN``), and then every request needs
@@ -30,7 +30,7 @@ from aiohttp import web
 
 from pool.config import BIP320_MASK
 from pool.ledger import book
-from pool.ops.sites_api import admin_routes
+from pool.ops.sites import admin_routes
 from pool.server.guard import TokenBucket
 
 if TYPE_CHECKING:

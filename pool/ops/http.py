@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pool.ops.admin import AdminApi
-from pool.ops.sites_api import SitesApi
+from pool.ops.sites import SitesApi
 
 if TYPE_CHECKING:
     from pool.app import PoolApp

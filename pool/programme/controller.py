@@ -19,8 +19,7 @@ from typing import Any, Protocol
 import structlog
 
 from pool.ledger import book as audit_book
-from pool.programme.curtail import Change, Curtailment
-from pool.programme.schedule import ScheduleState, schedule_at
+from pool.programme.curtail import Change, Curtailment, ScheduleState, schedule_at
 from pool.programme.siteconfig import UNASSIGNED, ProgrammeConfig
 from pool.programme.sites import SiteBook
 

@@ -37,7 +37,7 @@ SUFFIXES = {
 
 def _families() -> list[Any]:
     """The pool's metric families: the fixed ones and the per-site ones (collected at scrape time)."""
-    from pool.ops.site_metrics import SiteCollector
+    from pool.ops.sites import SiteCollector
     from pool.programme.controller import SiteController
     from pool.programme.siteconfig import parse_programme
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, time
 from zoneinfo import ZoneInfo
 
-from pool.programme.schedule import schedule_at
+from pool.programme.curtail import schedule_at
 from pool.programme.siteconfig import DailyWindow
 
 MADRID = ZoneInfo("Europe/Madrid")
