@@ -65,6 +65,7 @@ class SiteController:
         self.ledger: AuditSink | None = None
         self.on_change: Callable[[str, Change], None] | None = None
         self._restored: set[str] = set()  # manual orders restored at start, not yet applied
+        self._schedules: dict[str, tuple[float, float, ScheduleState]] = {}  # site -> (from, until, state)
 
     # ---- calls from the Stratum server ---------------------------------------------------------------------
 
@@ -95,8 +96,16 @@ class SiteController:
     # ---- operator orders -----------------------------------------------------------------------------------
 
     def schedule(self, site: str, now: float) -> ScheduleState:
+        """The site's schedule at ``now``; the answer is kept until the next window boundary (it is evaluated
+        four times a second, and a clock stepped backwards just recomputes it)."""
+        cached = self._schedules.get(site)
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
         config = self.programme.site(site)
-        return schedule_at(config.curtailment if config else (), now)
+        state = schedule_at(config.curtailment if config else (), now)
+        boundaries = [t for t in (state.active_until, state.next_start) if t is not None]
+        self._schedules[site] = (now, min(boundaries, default=now + 3600.0), state)
+        return state
 
     def curtail(self, site: str, until: float) -> list[Change]:
         self.curtailments[site].order(until)
