@@ -63,7 +63,6 @@ class SiteController:
         self.paused: set[str] = set()  # sites whose miners get no work
         self.server: SessionCloser | None = None
         self.ledger: AuditSink | None = None
-        self.on_change: Callable[[str, Change], None] | None = None
         self._restored: set[str] = set()  # manual orders restored at start, not yet applied
         self._schedules: dict[str, tuple[float, float, ScheduleState]] = {}  # site -> (from, until, state)
 
@@ -188,8 +187,6 @@ class SiteController:
                         "power_shed_watts": change.shed_watts, "miners": len(state.sessions),
                         "ramp_admit_rate": curtailment.admit_rate}
         (log.warning if change.kind == "start" else log.info)("site_curtailment", **payload)
-        if self.on_change is not None:
-            self.on_change(site, change)
         self._audit(payload)
 
     def _audit(self, payload: dict[str, Any]) -> None:
