@@ -84,7 +84,12 @@ class SiteState:
     def silent(self, now: float, after_seconds: float) -> list[tuple[str, SiteWorker]]:
         if self.curtailed:
             return []
-        return [(name, w) for name, w in self.workers.items() if now - w.quiet_since(self.resumed_at) >= after_seconds]
+        out = []
+        for name, w in self.workers.items():
+            quiet = now - w.quiet_since(self.resumed_at)
+            if quiet >= after_seconds and (w.sessions or quiet <= FORGET_AFTER):  # gone for a day: not listed
+                out.append((name, w))
+        return out
 
 
 def _state(config: SiteConfig | None, now: float) -> SiteState:

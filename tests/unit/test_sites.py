@@ -133,3 +133,12 @@ def test_forgotten_after_a_day_when_gone_and_bounded():
     for i in range(20):
         book.authorized(100 + i, "lab", f"addr.r{i}", f"r{i}", day_later)
     assert "addr.gone" not in book.sites["lab"].workers
+
+
+def test_a_worker_gone_for_a_day_is_no_longer_listed_as_silent():
+    book = SiteBook(programme(silent_after_minutes=10), START)
+    book.authorized(1, "lab", "addr.gone", "gone", START)
+    book.closed(1, START + 1)
+    book.authorized(2, "lab", "addr.stuck", "stuck", START)  # connected all along, never submits
+    assert book.summary("lab", START + 3600)["silent_workers"] == 2
+    assert book.summary("lab", START + 24 * 3600 + 60)["silent_workers"] == 1
