@@ -12,6 +12,7 @@ import structlog
 from pool.bitcoin.address import address_to_script
 from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
+from pool.ledger import book
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
 from pool.ledger.sqlite import Ledger
@@ -26,6 +27,7 @@ from pool.ops.sites import SiteCollector
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics
 from pool.programme.controller import SiteController
+from pool.server.access import AccessControl, ReloadRefused, ReloadResult
 from pool.server.coordinator import Coordinator
 from pool.server.server import StratumServer
 
@@ -56,6 +58,8 @@ class PoolApp:
         self.submit_clients: list[NodeClient] = []
         self.started_at = time.time()
         self.supervisor = Supervisor(on_failure=self._on_task_failure)
+        self.access: AccessControl | None = None
+        self._signal_tasks: set[asyncio.Task[object]] = set()
         self._stopped = asyncio.Event()
 
     async def _start_managed_node(self) -> RpcCredentials:
@@ -115,6 +119,8 @@ class PoolApp:
             lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         await self.coordinator.replay_block_rows()
+        rows, round_no = await asyncio.to_thread(self.ledger.best_shares)
+        self.coordinator.best.load(rows, round_no)
         self.server = StratumServer(cfg, self.coordinator, self.metrics, sites=self.sites)
         self.sites.server = self.server
         self.sites.ledger = self.ledger
@@ -122,6 +128,12 @@ class PoolApp:
             self.ledger.query, "SELECT payload FROM audit WHERE kind = 'site_curtailment' ORDER BY seq")
         for site in self.sites.restore([json.loads(payload) for (payload,) in records]):
             log.warning("site_curtailment_restored", site=site)
+        if cfg.authorization.allowlist_file:
+            self.access = AccessControl(cfg.authorization, cfg.node.network, self.metrics, self.audit)
+            self.access.server = self.server
+            if cfg.authorization.enforced:
+                self.server.access = self.access
+            await self.access.announce()
         self.source = TemplateSource(
             self.client,
             self._on_template,
@@ -129,6 +141,7 @@ class PoolApp:
             longpoll=cfg.node.longpoll,
             zmq_endpoint=zmq,
             on_health=lambda up: self.metrics.bitcoind_up.set(1 if up else 0),
+            empty_first_network=cfg.node.network if cfg.node.empty_block_first else None,
         )
         self.submitter.resubmit_pending()
         await self.source.fetch("start")
@@ -155,6 +168,37 @@ class PoolApp:
                                              pc.payment_grace)
             sup.start("payments", self.payments.run)
 
+    async def audit(self, kind: str, payload: dict[str, object]) -> None:
+        """Append an entry to the ledger's hash-chained audit log; a failure is logged, never raised (the
+        change it records has happened, and the operator must learn that its record did not land)."""
+        if self.ledger is None:
+            return
+        try:
+            await self.ledger.submit(lambda conn: book.audit(conn, kind, payload))
+        except Exception as exc:
+            log.error("audit_failed", kind=kind, error=str(exc))
+
+    async def reload_allowlist(self, source: str) -> ReloadResult:
+        """Re-read the allowlist (SIGHUP, ``POST /admin/allowlist/reload``); ReloadRefused keeps the old list."""
+        if self.access is None:
+            raise ReloadRefused("no allowlist file is configured (authorization.allowlist_file)")
+        return await self.access.reload(source)
+
+    def sighup(self) -> None:
+        """SIGHUP: re-read the Stratum TLS certificate and key, and the allowlist."""
+        if self.server is not None:
+            self.server.reload_tls()
+        if self.access is not None:
+            task = asyncio.ensure_future(self._reload_quietly("sighup"))
+            self._signal_tasks.add(task)
+            task.add_done_callback(self._signal_tasks.discard)
+
+    async def _reload_quietly(self, source: str) -> None:
+        try:
+            await self.reload_allowlist(source)
+        except ReloadRefused:
+            pass  # logged, counted and audited by the access control; the old list stays in force
+
     def _on_task_failure(self, task: str, error: BaseException | None) -> None:
         """Supervisor and ledger hook (any thread): every background failure is counted by task."""
         self.metrics.task_failures.labels(task).inc()
@@ -176,6 +220,7 @@ class PoolApp:
         sent = self.server.broadcast(clean=new_tip) if self.server is not None else 0
         if new_tip:
             self.metrics.new_tip_notify_seconds.observe(time.perf_counter() - start)
+        self.metrics.templates.labels("empty" if reason == "zmq-empty" else "full").inc()
         (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason,
                                              miners=sent, txs=len(template.transactions))
 
@@ -225,6 +270,9 @@ class PoolApp:
         stats = self.coordinator.stats
         self.metrics.pool_hashrate.set(stats.pool_hashrate(now))
         self.metrics.workers_active.set(stats.active_workers(now))
+        best = self.coordinator.best
+        self.metrics.best_share.labels("round").set(best.pool_round.difficulty if best.pool_round else 0.0)
+        self.metrics.best_share.labels("all_time").set(best.pool_all_time.difficulty if best.pool_all_time else 0.0)
         self.metrics.worker_hashrate.clear()
         self.metrics.worker_last_share_age.clear()
         cap = self.config.metrics_max_worker_series
@@ -279,6 +327,18 @@ class PoolApp:
             "last_block": {"height": last.height, "hash": last.block_hash, "worker": last.worker,
                            "found_at": last.found_at} if last else None,
             "uptime_seconds": now - self.started_at,
+            "best_share": self._pool_best(),
+        }
+
+    def _pool_best(self) -> dict[str, object]:
+        """The pool's highest share this block round and all time, and who found it (kept across restarts)."""
+        best = self.coordinator.best if self.coordinator else None
+        if best is None:
+            return {"round": None, "all_time": None, "round_number": 0}
+        return {
+            "round": best.pool_round.as_dict() if best.pool_round else None,
+            "all_time": best.pool_all_time.as_dict() if best.pool_all_time else None,
+            "round_number": best.round_no,
         }
 
     def address_workers(self, address: str) -> list[dict[str, object]]:
@@ -296,11 +356,12 @@ class PoolApp:
         paid = dict(self.ledger.query(
             "SELECT status, SUM(amount) FROM payments WHERE address=? GROUP BY status", (address,)
         )) if self.ledger else {}
+        bests = self.ledger.best_for_address(address) if self.ledger else []
         payable = int(credits.get("payable", 0))
         sent = int(paid.get("sent", 0)) + int(paid.get("sending", 0))
         return {
             "address": address,
-            "known": bool(workers or shares or credits),
+            "known": bool(workers or shares or credits or bests),
             "balance": {
                 "pending_sats": int(credits.get("pending", 0)),
                 "payable_sats": payable - sent,
@@ -310,6 +371,12 @@ class PoolApp:
             "hashrate": sum(float(w["hashrate"]) for w in workers),  # type: ignore[arg-type]
             "workers": workers,
             "shares": [{"worker": w, "count": c, "difficulty": d} for w, c, d in shares],
+            # Per worker: highest share difficulty all time and in the current block round (across restarts).
+            "best_shares": bests,
+            "best_share": {
+                "all_time": max((float(b["best"]) for b in bests), default=0.0),
+                "round": max((float(b["round_best"]) for b in bests), default=0.0),
+            },
         }
 
     def recent_blocks(self, limit: int) -> list[dict[str, object]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
+from pool.mining.allowlist import Allowlist, AllowlistError, parse_allowlist
 from pool.programme.siteconfig import ProgrammeConfig, SiteConfigError, parse_programme
 from pool.server.guard import GuardConfig
 from pool.server.tls import TlsError, load_tls_context
@@ -37,6 +38,7 @@ class NodeConfig:
     longpoll: bool = True
     refresh_interval: float = 30.0
     submit_retry_max_delay: float = 5.0  # cap of the backoff between submitblock attempts to an unreachable node
+    empty_block_first: bool = True  # on a ZMQ tip: coinbase-only work at once, the full template after
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,27 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthorizationConfig:
+    """Who may mine: anyone with a valid address (``open``), or only licensed addresses (``allowlist``)."""
+
+    mode: str = "open"
+    allowlist_file: str = ""
+    drain_rate: float = 20.0  # sessions of removed addresses closed per second
+    allowlist: Allowlist | None = field(default=None, compare=False, repr=False)  # as read at start-up
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode == "allowlist"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportConfig:
+    """``pool report``: the fleet's energy efficiency, used for every site without one of its own."""
+
+    efficiency_j_per_th: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = NodeConfig()
     stratum: StratumConfig = StratumConfig()
@@ -122,6 +145,8 @@ class Config:
     regtest: RegtestConfig = RegtestConfig()
     admin: AdminConfig = AdminConfig()
     programme: ProgrammeConfig = ProgrammeConfig()  # [[site]] and [programme]: sites, energy, curtailment
+    authorization: AuthorizationConfig = AuthorizationConfig()
+    report: ReportConfig = ReportConfig()
     data_dir: str = "data"
     ledger_path: str = ""
     metrics_enabled: bool = True
@@ -241,6 +266,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         longpoll=n.boolean("longpoll", True),
         refresh_interval=n.number("refresh_interval", 30.0, 1, 110),
         submit_retry_max_delay=n.number("submit_retry_max_delay", 5.0, 0.2, 60),
+        empty_block_first=n.boolean("empty_block_first", True),
     )
     n.done()
     if not node.rpc_url.startswith(("http://", "https://")):
@@ -346,6 +372,10 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         programme = parse_programme(raw.pop("site", []), raw.pop("programme", {}))
     except SiteConfigError as exc:
         raise ConfigError(str(exc)) from exc
+    authorization = _authorization(_section(raw, "authorization"), node.network)
+    rp = _section(raw, "report")
+    report = ReportConfig(efficiency_j_per_th=rp.number("efficiency_j_per_th", 30.0, 0.001, 1e6))
+    rp.done()
 
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
@@ -359,6 +389,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         regtest=regtest,
         admin=admin,
         programme=programme,
+        authorization=authorization,
+        report=report,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
         metrics_enabled=metrics_table.boolean("enabled", True),
@@ -424,6 +456,31 @@ def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
         raise ConfigError("admin.port is set but no admin token is configured"
                           " (admin.token, admin.token_file or POOL_ADMIN_TOKEN)")
     return admin
+
+
+def read_allowlist(path: str, network: str) -> Allowlist:
+    """Read and parse the allowlist file; AllowlistError (bad lines, with numbers) or OSError (unreadable)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return parse_allowlist(text, network, source=path)
+
+
+def _authorization(a: _Reader, network: str) -> AuthorizationConfig:
+    mode = a.choice("mode", "open", ("open", "allowlist"))
+    path = a.string("allowlist_file", "")
+    drain_rate = a.number("drain_rate", 20.0, 0.1, 100_000)
+    a.done()
+    allowlist = None
+    if mode == "allowlist" and not path:
+        raise ConfigError('authorization.mode = "allowlist" needs authorization.allowlist_file')
+    if path:
+        try:
+            allowlist = read_allowlist(path, network)
+        except AllowlistError as exc:
+            raise ConfigError(f"authorization.allowlist_file {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"authorization.allowlist_file: cannot read {path!r}: {exc}") from exc
+    return AuthorizationConfig(mode, path, drain_rate, allowlist)
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

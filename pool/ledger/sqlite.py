@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from pool.ledger import book, rollup
+from pool.ledger import best, book, rollup
 from pool.ledger.book import AuditEntry
 
 log = structlog.get_logger("pool.ledger")
@@ -83,6 +83,7 @@ class Ledger:
         conn = self._connect()
         try:
             conn.executescript(book.SCHEMA)
+            conn.executescript(best.SCHEMA)
             book.migrate(conn)
         finally:
             conn.close()
@@ -121,6 +122,11 @@ class Ledger:
     def record_block(self, b: BlockRecord) -> asyncio.Future[Any]:
         policy = self.policy
         return self.submit(lambda c: book.insert_block(c, policy, b))
+
+    def record_best(self, row: best.Row) -> asyncio.Future[Any]:
+        """A worker's raised best-share record, in the same group commit as the share that set it (queued
+        right behind it)."""
+        return self.submit(lambda c: best.upsert(c, [row]))
 
     def set_block_status(self, block_hash: str, status: str, confirmations: int = 0) -> asyncio.Future[Any]:
         return self.submit(lambda c: book.set_block_status(c, block_hash, status, confirmations))
@@ -271,6 +277,21 @@ class Ledger:
         conn = self._connect()
         try:
             return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def best_shares(self) -> tuple[list[best.Row], int]:
+        """Every worker's best-share records and the current round number (at start)."""
+        conn = self._connect()
+        try:
+            return best.load(conn)
+        finally:
+            conn.close()
+
+    def best_for_address(self, address: str) -> list[dict[str, Any]]:
+        conn = self._connect()
+        try:
+            return best.for_address(conn, address)
         finally:
             conn.close()
 

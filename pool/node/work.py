@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from pool.mining.jobs import BlockTemplate, PreparedTemplate, TemplateError, parse_template
+from pool.mining.speculate import HeaderError, empty_successor
 from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
 
 log = structlog.get_logger("pool.node.work")
@@ -38,6 +39,7 @@ class TemplateSource:
         longpoll: bool = True,
         zmq_endpoint: str = "",
         on_health: Callable[[bool], None] | None = None,
+        empty_first_network: str | None = None,
     ) -> None:
         self._client = client
         self._on_template = on_template
@@ -54,6 +56,12 @@ class TemplateSource:
         self._zmq_announced: deque[str] = deque(maxlen=8)
         self.fetched_at = 0.0
         self.healthy = False
+        # Empty-block work on a ZMQ tip before the full template (None: off). While it is in place, a full
+        # template on the tip it replaced is a fetch that started before the block: dropped, not a step back.
+        self._empty_first = empty_first_network
+        self._speculating: set[asyncio.Task[None]] = set()
+        self._replaced_tip: bytes | None = None
+        self.speculative = False
 
     def trigger(self, reason: str) -> None:
         """Ask for a fetch now (a block was found, ZMQ said so, ...)."""
@@ -96,9 +104,15 @@ class TemplateSource:
         self._deliver(prepared, reason)
         return True
 
-    def _deliver(self, prepared: PreparedTemplate, reason: str) -> None:
+    def _deliver(self, prepared: PreparedTemplate, reason: str, speculative: bool = False) -> None:
         template = prepared.template
+        if self.speculative and template.prevhash == self._replaced_tip:
+            log.debug("template_behind_empty_tip_dropped", height=template.height, reason=reason)
+            self.trigger("behind-empty-tip")
+            return
         new_tip = self.template is None or template.prevhash != self.template.prevhash
+        self.speculative = speculative
+        self._replaced_tip = self.template.prevhash if speculative and self.template is not None else None
         self.template = template
         self.prepared = prepared
         self.fetched_at = time.monotonic()
@@ -119,7 +133,37 @@ class TemplateSource:
         self._zmq_announced.append(block_hash)
         if self.template is not None and self.template.prevhash_hex == block_hash:
             self.zmq_trusted = True
+        elif self._empty_first and self.template is not None and block_hash:
+            # The full fetch waits for the empty work to be out: decoding megabytes of template JSON on the RPC
+            # thread holds the GIL for tens of milliseconds, which would delay the header and the broadcast.
+            task = asyncio.ensure_future(self._speculate(block_hash))
+            self._speculating.add(task)
+            task.add_done_callback(self._speculating.discard)
+            task.add_done_callback(lambda _: self.trigger("zmq"))
+            return
         self.trigger("zmq")
+
+    async def _speculate(self, block_hash: str) -> None:
+        """Deliver the coinbase-only template on the announced tip (one getblockheader away), unless a full
+        template for it, or a newer tip, got here first. Never raises: the full fetch follows regardless."""
+        try:
+            header = await self._client.call("getblockheader", block_hash)
+            current = self.template
+            if current is None or current.prevhash_hex == block_hash or self._empty_first is None:
+                return
+            empty = empty_successor(current, header, self._empty_first, int(time.time()))
+            if empty is None or empty.height < current.height:
+                return
+            prepared = PreparedTemplate.from_template(empty)  # no transactions: microseconds
+        except (NodeUnavailable, NodeError, HeaderError, TemplateError) as exc:
+            log.debug("empty_template_skipped", block_hash=block_hash, error=str(exc))
+            return
+        except Exception:  # noqa: BLE001 - a speculation must never take the tip announcement down with it
+            log.exception("empty_template_failed", block_hash=block_hash)
+            return
+        if self.template is not None and self.template.prevhash_hex == block_hash:
+            return  # the full template arrived while the header was on its way
+        self._deliver(prepared, "zmq-empty", speculative=True)
 
     async def _refresh_loop(self) -> None:
         backoff = 0.25
@@ -186,7 +230,7 @@ class TemplateSource:
         extra multi-megabyte template decoded is GIL time taken from the loop that answers miners."""
         fresh = ready.template
         async with self._lock:
-            if self.template is not None and self.template.prevhash == fresh.prevhash:
+            if self.template is not None and self.template.prevhash == fresh.prevhash and not self.speculative:
                 return
             try:
                 best = await self._client.call("getbestblockhash")

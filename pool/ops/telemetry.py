@@ -124,6 +124,9 @@ class Metrics:
             registry=r,
         )
         self.jobs_broadcast = Counter("pool_jobs_broadcast_total", "Job broadcasts by kind", ["kind"], registry=r)
+        self.templates = Counter(
+            "pool_templates_total", "Templates adopted: full (getblocktemplate) or empty (coinbase-only, new tip)",
+            ["kind"], registry=r)
         self.bitcoind_up = Gauge("pool_bitcoind_up", "1 when bitcoind answers and gives templates", registry=r)
         self.rpc_seconds = Histogram(
             "pool_bitcoind_rpc_seconds", "bitcoind RPC latency by method", ["method"], registry=r
@@ -152,6 +155,30 @@ class Metrics:
         self.admin_actions = Counter(
             "pool_admin_actions_total", "Authenticated admin API requests by action and outcome (ok, refused)",
             ["action", "outcome"], registry=r,
+        )
+        self.authorize_refusals = Counter(
+            "pool_authorize_refusals_total",
+            "mining.authorize refused, by reason: not-allowlisted (authorization.mode = allowlist),"
+            " invalid-username, too-many-workers, too-many-payout-addresses, site-curtailment (the miner's site is"
+            " curtailed or ramping back)",
+            ["reason"],
+            registry=r,
+        )
+        self.allowlist_entries = Gauge("pool_allowlist_entries", "Addresses on the allowlist in force", registry=r)
+        self.allowlist_reloads = Counter(
+            "pool_allowlist_reloads_total", "Allowlist reloads (SIGHUP, admin API) by result: ok, refused (bad"
+            " file; the list in force is kept)", ["result"], registry=r,
+        )
+        self.allowlist_drained = Counter(
+            "pool_allowlist_drained_sessions_total", "Sessions closed because their address left the allowlist",
+            registry=r,
+        )
+        self.best_share = Gauge(
+            "pool_best_share_difficulty",
+            "Highest share difficulty the pool has seen: in the current block round (since the pool's last found"
+            " block) and all time (kept across restarts)",
+            ["scope"],
+            registry=r,
         )
         self.tls_reloads = Counter(
             "pool_tls_reloads_total", "Stratum TLS certificate reloads (SIGHUP) by result", ["result"], registry=r

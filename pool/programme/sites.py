@@ -145,10 +145,12 @@ class SiteBook:
 
     def share(self, site: str, worker: str, worker_name: str, difficulty: float | None, is_block: bool,
               now: float) -> None:
-        """A judged share: ``difficulty`` when accepted, None when rejected."""
+        """A judged share: ``difficulty`` when accepted, None when rejected; ``is_block`` when a block was sent."""
         state = self.sites.get(site)
         if state is None:
             return
+        if is_block:  # a stale share may still have found (and sent) a block
+            state.blocks += 1
         if difficulty is None:
             state.rejected += 1
             return
@@ -157,8 +159,6 @@ class SiteBook:
         state.accepted += 1
         state.accepted_difficulty += difficulty
         state.rates[seen.efficiency_class].add(now, difficulty, WINDOW_SECONDS)
-        if is_block:
-            state.blocks += 1
 
     def closed(self, session: int, now: float) -> None:
         site = self._session_site.pop(session, None)

@@ -14,7 +14,7 @@ import socket
 import time
 from collections import Counter as CountMap
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -40,7 +40,17 @@ from pool.stratum.events import (
     Subscribed,
     TransactionsRequested,
 )
-from pool.stratum.protocol import ERR_JOB_NOT_FOUND, ERR_OTHER, Deferred, ProtocolConfig, StratumProtocol
+from pool.stratum.protocol import (
+    ERR_JOB_NOT_FOUND,
+    ERR_OTHER,
+    ERR_UNAUTHORIZED,
+    Deferred,
+    ProtocolConfig,
+    StratumProtocol,
+)
+
+if TYPE_CHECKING:
+    from pool.server.access import AccessControl
 
 log = structlog.get_logger("pool.server")
 
@@ -183,6 +193,10 @@ class StratumServer:
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
         self.tls: TlsListener | None = None  # Stratum over TLS, beside the plain listener
+        self.access: AccessControl | None = None  # licensed operators (authorization.mode = "allowlist")
+        self._refusals = {reason: metrics.authorize_refusals.labels(reason)
+                          for reason in ("invalid-username", "too-many-workers", "too-many-payout-addresses",
+                                         "site-curtailment")}
         self.port = 0
         self.tls_port = 0
 
@@ -268,8 +282,7 @@ class StratumServer:
             session = self.sessions.get(sid)
             if session is None or session.finished:
                 continue
-            session.protocol.show_message(message)
-            self._finish(session, reason, graceful=True)
+            self.close_with_message(session, reason, message)
             count += 1
         return count
 
@@ -444,19 +457,34 @@ class StratumServer:
                 self._finish(session, why)
 
     def _authorize(self, sid: int, username: str, password: str) -> Worker:
-        """Parse the login; a connection's first worker decides its site, whose curtailment may refuse it:
-        the miner is told why (``client.show_message``, then error 24) and the connection is closed."""
-        worker = parse_worker(username, password, self._network)
+        """Parse the login and check the address's licence (allowlist); a connection's first worker decides its
+        site, whose curtailment may refuse it: the miner is told why (``client.show_message``, then error 24)
+        and the connection is closed."""
+        try:
+            worker = parse_worker(username, password, self._network)
+        except AuthError:
+            self._refusals["invalid-username"].inc()
+            raise
+        if self.access is not None:
+            self.access.check(worker)  # AuthError (error 24) for an address not licensed
         session = self.sessions.get(sid)
         if self.sites is not None and session is not None and session.site is None:
             site, refusal = self.sites.admit(session.ip, worker.name)
             if refusal is not None:
+                self._refusals["site-curtailment"].inc()
                 session.protocol.show_message(refusal)
                 session.closing = True
                 session.close_reason = "curtailed"
                 raise AuthError(refusal)
             session.site = site
         return worker
+
+    def close_with_message(self, session: Session, reason: str, message: str) -> None:
+        """Tell the miner why (``client.show_message``, for those that display it), then close gracefully."""
+        if session.finished:
+            return
+        session.protocol.show_message(message)
+        self._finish(session, reason, graceful=True)
 
     def _dispatch(self, session: Session, event: Event) -> None:
         proto = session.protocol
@@ -469,11 +497,17 @@ class StratumServer:
                     session.log.warning("submit_flood_dropped")
                     session.closing = True
                 return
+            if self.access is not None and not self.access.may_mine(event.worker):
+                self.metrics.share_rejects.labels("unlicensed").inc()
+                proto.answer_error(event.request_id, ERR_UNAUTHORIZED, "Address is no longer licensed on this pool")
+                return
+            blocks = self.coordinator.blocks_found
             result, committed = self.coordinator.judge(event, proto.extranonce1)
             if self.sites is not None and session.site is not None:
-                won = result if isinstance(result, Accepted) else None
+                # A block counts when the coordinator sent one: a stale share can still carry a block.
                 self.sites.share(session.site, event.worker.full_name, event.worker.name,
-                                 won.difficulty if won else None, won is not None and won.is_block)
+                                 result.difficulty if isinstance(result, Accepted) else None,
+                                 self.coordinator.blocks_found > blocks)
             self._answer_share(session, event, result, committed)
         elif isinstance(event, Subscribed):
             self.metrics.subscribes.inc()
@@ -531,6 +565,9 @@ class StratumServer:
             session.errors += 1
         elif isinstance(event, AuthorizeFailed):
             self.metrics.authorizes.labels("failed").inc()
+            refusal = self._refusals.get(event.reason.replace(" ", "-"))
+            if refusal is not None:  # refusals the core makes itself (the authorizer counts its own)
+                refusal.inc()
             session.log.info("authorize_failed", username=event.username, reason=event.reason)
             session.errors += 1
         elif isinstance(event, ProtocolError):
@@ -637,6 +674,8 @@ class StratumServer:
             tick += 1
             now = time.monotonic()
             self._sweep_deadlines(now, everyone=tick % 5 == 0)
+            if self.access is not None:
+                self.access.tick()  # sessions of addresses removed from the allowlist, closed at a paced rate
             if tick % 5:
                 continue
             for session in list(self.sessions.values()):

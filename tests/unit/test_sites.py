@@ -89,8 +89,9 @@ def test_shares_blocks_and_sessions_are_counted_per_site():
     book.share("lab", "addr.r1", "r1", 2.0, False, START + 1)
     book.share("lab", "addr.r2", "r2", 3.0, True, START + 2)
     book.share("lab", "", "", None, False, START + 3)
+    book.share("lab", "addr.r1", "r1", None, True, START + 3)  # stale, but its block was sent
     lab = book.summary("lab", START + 4)
-    assert (lab["accepted"], lab["rejected"], lab["blocks"], lab["accepted_difficulty"]) == (2, 1, 1, 5.0)
+    assert (lab["accepted"], lab["rejected"], lab["blocks"], lab["accepted_difficulty"]) == (2, 2, 2, 5.0)
     assert (lab["miners"], lab["workers"]) == (1, 2)
     assert book.sessions_of("lab", 10) == [1]
     book.closed(1, START + 5)
