@@ -131,6 +131,7 @@ class PoolApp:
         if cfg.authorization.allowlist_file:
             self.access = AccessControl(cfg.authorization, cfg.node.network, self.metrics, self.audit)
             self.access.server = self.server
+            self.sites.listed_site = self._listed_site  # the allowlist's site column places unmatched miners
             if cfg.authorization.enforced:
                 self.server.access = self.access
             await self.access.announce()
@@ -198,6 +199,11 @@ class PoolApp:
             await self.reload_allowlist(source)
         except ReloadRefused:
             pass  # logged, counted and audited by the access control; the old list stays in force
+
+    def _listed_site(self, script: bytes) -> str:
+        """The site the allowlist in force (reloads included) gives a payout script; "" when none."""
+        licence = self.access.allowlist.by_script.get(script) if self.access is not None else None
+        return licence.site if licence is not None else ""
 
     def _on_task_failure(self, task: str, error: BaseException | None) -> None:
         """Supervisor and ledger hook (any thread): every background failure is counted by task."""

@@ -63,14 +63,17 @@ class SiteController:
         self.paused: set[str] = set()  # sites whose miners get no work
         self.server: SessionCloser | None = None
         self.ledger: AuditSink | None = None
+        self.listed_site: Callable[[bytes], str] | None = None  # payout script -> the allowlist's site column
         self._restored: set[str] = set()  # manual orders restored at start, not yet applied
         self._schedules: dict[str, tuple[float, float, ScheduleState]] = {}  # site -> (from, until, state)
 
     # ---- calls from the Stratum server ---------------------------------------------------------------------
 
-    def admit(self, ip: str, worker_name: str) -> tuple[str, str | None]:
-        """The connection's site, and a refusal message when its site is not taking logins now."""
-        site = self.book.assign(ip, worker_name)
+    def admit(self, ip: str, worker_name: str, script: bytes = b"") -> tuple[str, str | None]:
+        """The connection's site (``script``: the payout script, for the allowlist's site column), and a refusal
+        message when its site is not taking logins now."""
+        listed = self.listed_site(script) if self.listed_site is not None and script else ""
+        site = self.book.assign(ip, worker_name, listed)
         curtailment = self.curtailments.get(site)
         if curtailment is None:
             return site, None

@@ -7,7 +7,8 @@ here reads a clock or touches a socket, so a multi-process front end can relay t
 A miner belongs to the first configured site it matches, in config order: a site with ``cidrs`` matches
 connections from those networks, one with ``worker_prefix`` matches worker names (the part after the dot)
 that start with it, and one with both needs both. Anything else is ``unassigned``. The site is decided once
-per connection, by its first authorized worker.
+per connection, by its first authorized worker. When no site's rules match and the allowlist
+(``authorization.allowlist_file``) names a configured site for the worker's payout address, that site.
 
 Estimated power is hashrate × J/TH: each worker's shares are counted under the efficiency of the first
 ``worker_efficiency`` pattern its name matches (else the site's fleet average), one rate window per class.
@@ -113,8 +114,9 @@ class SiteBook:
 
     # ---- calls from the server -----------------------------------------------------------------------------
 
-    def assign(self, ip: str, worker_name: str) -> str:
-        """The site of a connection from ``ip`` whose first worker is named ``worker_name``."""
+    def assign(self, ip: str, worker_name: str, listed_site: str = "") -> str:
+        """The site of a connection from ``ip`` whose first worker is named ``worker_name``; ``listed_site`` is
+        the site the allowlist gives its payout address, used when no site's rules match."""
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
@@ -127,7 +129,7 @@ class SiteBook:
             if site.worker_prefix and not worker_name.startswith(site.worker_prefix):
                 continue
             return site.name
-        return UNASSIGNED
+        return listed_site if listed_site in self.sites else UNASSIGNED
 
     def authorized(self, session: int, site: str, worker: str, worker_name: str, now: float) -> None:
         """A worker (``ADDRESS.NAME``; ``worker_name`` is NAME) logged in on a connection of ``site``."""

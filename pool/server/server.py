@@ -469,7 +469,7 @@ class StratumServer:
             self.access.check(worker)  # AuthError (error 24) for an address not licensed
         session = self.sessions.get(sid)
         if self.sites is not None and session is not None and session.site is None:
-            site, refusal = self.sites.admit(session.ip, worker.name)
+            site, refusal = self.sites.admit(session.ip, worker.name, worker.script)
             if refusal is not None:
                 self._refusals["site-curtailment"].inc()
                 session.protocol.show_message(refusal)

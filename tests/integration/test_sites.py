@@ -351,3 +351,22 @@ async def test_after_a_curtailment_logins_come_back_as_a_ramp(regtest, tmp_path:
         finally:
             for m in lab:
                 await m.close()
+
+
+async def test_the_allowlists_site_column_places_miners_no_rule_matches(regtest, tmp_path: Path):
+    listed = await arpc(regtest, "getnewaddress", wallet="pool")
+    other = await arpc(regtest, "getnewaddress", wallet="pool")
+    allowlist = tmp_path / "allowlist.txt"
+    allowlist.write_text(f"{listed}, Acme Mining, east\n")
+    auth = {"mode": "open", "allowlist_file": str(allowlist)}  # open: the file only names operators and sites
+    async with running_pool(regtest, tmp_path / "pool", site=SITES, authorization=auth) as app:
+        port = app.server.port
+        miners = [await miner(port, f"{listed}.rig", local_host="127.0.0.2"),
+                  await miner(port, f"{other}.rig", local_host="127.0.0.2"),
+                  await miner(port, f"{listed}.rig2")]  # 127.0.0.1: lab's rule comes first
+        try:
+            assert sorted((s.worker.address, s.site) for s in app.server.sessions.values()) == sorted(
+                [(listed, "east"), (other, "unassigned"), (listed, "lab")])
+        finally:
+            for m in miners:
+                await m.close()

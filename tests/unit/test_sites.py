@@ -143,3 +143,11 @@ def test_a_worker_gone_for_a_day_is_no_longer_listed_as_silent():
     book.authorized(2, "lab", "addr.stuck", "stuck", START)  # connected all along, never submits
     assert book.summary("lab", START + 3600)["silent_workers"] == 2
     assert book.summary("lab", START + 24 * 3600 + 60)["silent_workers"] == 1
+
+
+def test_the_allowlists_site_places_miners_no_rule_matches():
+    book = SiteBook(programme(), START)
+    assert book.assign("127.0.0.2", "rig", listed_site="east") == "east"
+    assert book.assign("127.0.0.1", "rig", listed_site="east") == "lab"  # the config's rules come first
+    assert book.assign("127.0.0.2", "rig", listed_site="elsewhere") == UNASSIGNED  # not a configured site
+    assert book.assign("127.0.0.2", "rig", listed_site="") == UNASSIGNED
