@@ -109,8 +109,8 @@ class SiteBook:
         self.silent_after = programme.silent_after_minutes * 60.0
         self.sites: dict[str, SiteState] = {s.name: _state(s, now) for s in programme.sites}
         self.sites[UNASSIGNED] = _state(None, now)
-        self._session_site: dict[int, str] = {}
-        self._session_workers: dict[int, set[str]] = {}
+        # session -> (site, worker names logged in on it): a tuple, as most connections carry one worker
+        self._sessions: dict[int, tuple[str, tuple[str, ...]]] = {}
 
     # ---- calls from the server -----------------------------------------------------------------------------
 
@@ -134,15 +134,16 @@ class SiteBook:
     def authorized(self, session: int, site: str, worker: str, worker_name: str, now: float) -> None:
         """A worker (``ADDRESS.NAME``; ``worker_name`` is NAME) logged in on a connection of ``site``."""
         state = self.sites[site]
-        if session not in self._session_site:
-            self._session_site[session] = site
+        known = self._sessions.get(session)
+        if known is None:
             state.sessions.add(session)
             for rate in state.rates:
                 rate.touch(now, WINDOW_SECONDS)
-        names = self._session_workers.setdefault(session, set())
+            known = (site, ())
+        site, names = known
         seen = self._worker(state, worker, worker_name, now)
         if worker not in names:
-            names.add(worker)
+            self._sessions[session] = (site, (*names, worker))
             seen.sessions += 1
 
     def share(self, site: str, worker: str, worker_name: str, difficulty: float | None, is_block: bool,
@@ -163,10 +164,10 @@ class SiteBook:
         state.rates[seen.efficiency_class].add(now, difficulty, WINDOW_SECONDS)
 
     def closed(self, session: int, now: float) -> None:
-        site = self._session_site.pop(session, None)
-        names = self._session_workers.pop(session, set())
-        if site is None:
+        known = self._sessions.pop(session, None)
+        if known is None:
             return
+        site, names = known
         state = self.sites[site]
         state.sessions.discard(session)
         for name in names:
