@@ -29,7 +29,6 @@ from pool.programme.siteconfig import UNASSIGNED, ProgrammeConfig, SiteConfig
 WINDOW_SECONDS = 600.0  # the same window as the pool's own estimate
 MAX_WORKERS_PER_SITE = 100_000  # least recently active forgotten first
 FORGET_AFTER = 24 * 3600.0  # a disconnected worker silent this long is no longer listed
-MAX_LISTED_SILENT = 200
 
 
 @dataclass(slots=True)
