@@ -136,11 +136,10 @@ class SiteBook:
         known = self._sessions.get(session)
         if known is None:
             state.sessions.add(session)
-            for rate in state.rates:
-                rate.touch(now, WINDOW_SECONDS)
             known = (site, ())
         site, names = known
         seen = self._worker(state, worker, worker_name, now)
+        state.rates[seen.efficiency_class].touch(now, WINDOW_SECONDS)  # observed from its first worker on
         if worker not in names:
             self._sessions[session] = (site, (*names, worker))
             seen.sessions += 1
