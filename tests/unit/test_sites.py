@@ -151,3 +151,18 @@ def test_the_allowlists_site_places_miners_no_rule_matches():
     assert book.assign("127.0.0.1", "rig", listed_site="east") == "lab"  # the config's rules come first
     assert book.assign("127.0.0.2", "rig", listed_site="elsewhere") == UNASSIGNED  # not a configured site
     assert book.assign("127.0.0.2", "rig", listed_site="") == UNASSIGNED
+
+
+def test_a_pattern_class_joining_a_running_site_is_estimated_from_its_own_start():
+    book = SiteBook(programme(), START - 7200)
+    _feed(book, "east", ["east-s19-1"], START + 3600)  # an hour of fleet-average work
+    interval = DIFFICULTY * HASHES_PER_DIFF1 / RATE
+    joined = START + 3600
+    book.authorized(50, "east", "addr.east-s21-9", "east-s21-9", joined)
+    t = joined + interval
+    while t <= joined + 60:
+        book.share("east", "addr.east-s21-9", "east-s21-9", DIFFICULTY, False, t)
+        t += interval
+    state = book.sites["east"]
+    s21 = state.rates[1].hashrate(joined + 60, 600)
+    assert abs(s21 - RATE) <= 0.35 * RATE, s21 / RATE
