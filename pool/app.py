@@ -15,9 +15,11 @@ from pool.config import Config
 from pool.ledger import book
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
+from pool.ledger.history import HistoryWriter, Retention
 from pool.ledger.sqlite import Ledger
 from pool.mining.jobs import BlockTemplate
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
+from pool.node.nodeset import Member, NodeSet
 from pool.node.payouts import MaturityTracker, PaymentProcessor
 from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
@@ -44,7 +46,7 @@ class PoolApp:
         self.sites = SiteController(config.programme)
         self.metrics.registry.register(SiteCollector(self.sites))
         self.node: RegtestNode | None = None
-        self.client: NodeClient | None = None
+        self.client: NodeSet | None = None  # every configured bitcoind; calls go to the active one
         self.ledger: Ledger | None = None
         self.coordinator: Coordinator | None = None
         self.server: StratumServer | None = None
@@ -52,6 +54,7 @@ class PoolApp:
         self.submitter: BlockSubmitter | None = None
         self.pool_address = config.payout.pool_address
         self.http: HttpApi | None = None
+        self.history: HistoryWriter | None = None
         self.maturity: MaturityTracker | None = None
         self.payments: PaymentProcessor | None = None
         self.wallet: NodeClient | None = None
@@ -79,35 +82,42 @@ class PoolApp:
         log.info("regtest_bitcoind_started", rpc_port=node.rpc_port, datadir=str(node.datadir))
         return node.credentials
 
+    def _node_credentials(self) -> list[tuple[str, RpcCredentials, str]]:
+        """(name, credentials, ZMQ endpoint) of every bitcoind to use, the preferred first."""
+        if self.config.regtest.managed:
+            assert self.node is not None
+            return [(self.config.node.name, self.node.credentials, self.node.zmq_endpoint)]
+        return [(nc.name, RpcCredentials(nc.rpc_url, nc.rpc_user, nc.rpc_password, nc.rpc_cookie_file),
+                 nc.zmq_hashblock) for nc in self.config.nodes]
+
     async def start(self) -> None:
         cfg = self.config
         if cfg.regtest.managed:
-            creds = await self._start_managed_node()
-            zmq = self.node.zmq_endpoint if self.node else ""
-        else:
-            nc = cfg.node
-            creds = RpcCredentials(nc.rpc_url, nc.rpc_user, nc.rpc_password, nc.rpc_cookie_file)
-            zmq = nc.zmq_hashblock
+            await self._start_managed_node()
+        nodes = self._node_credentials()
+        timeouts = {nc.name: nc.rpc_timeout for nc in cfg.nodes}
         stale = self.metrics.rpc_stale_retries.labels
-        self.client = NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc,
-                                 on_stale=lambda m: stale(m).inc())
-        info = await self.client.wait_ready(
+
+        def client(creds: RpcCredentials, name: str, workers: int = 4, role: str = "rpc") -> NodeClient:
+            return NodeClient(creds, timeouts.get(name, cfg.node.rpc_timeout), observer=self.metrics.observe_rpc,
+                              workers=workers, name=role, on_stale=lambda m: stale(m).inc())
+
+        members = [Member(name, client(creds, name), zmq, health=client(creds, name, 1, "rpc-health"))
+                   for name, creds, zmq in nodes]
+        self.client = NodeSet(members, cfg.node.network, min(5.0, cfg.node.refresh_interval),
+                              on_switch=self._on_node_switch, on_probe=self._on_node_probe)
+        await self.client.wait_ready(
             time.monotonic() + 120, on_wait=lambda e: log.warning("waiting_for_bitcoind", error=e)
         )
-        chain = info.get("chain") if isinstance(info, dict) else None
-        if chain and chain != cfg.node.network:  # node.network uses bitcoind's own chain names
-            raise RuntimeError(f"node.network is {cfg.node.network!r} but bitcoind runs chain {chain!r}")
+        creds = nodes[0][1]
         pool_script = address_to_script(self.pool_address, cfg.node.network) if self.pool_address else None
         pc = cfg.payout
         self.ledger = Ledger(cfg.ledger_file, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
         self.ledger.on_commit = self._on_commit
         self.ledger.on_failure = lambda exc: self._on_task_failure("ledger-writer", exc)
         # Block submission has connections and a thread of its own: never behind template or payment RPC.
-        # One client per node (a list, so more nodes can be added); each gets every block.
-        self.submit_clients = [
-            NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc, workers=1, name="rpc-submit",
-                       on_stale=lambda m: stale(m).inc())
-        ]
+        # One client per node: each gets every block at once.
+        self.submit_clients = [client(node_creds, name, 1, "rpc-submit") for name, node_creds, _ in nodes]
         self.submitter = BlockSubmitter(
             self.submit_clients, Path(cfg.data_dir) / "blocks", self._on_block_outcome,
             retry=RetryPolicy(min(0.2, cfg.node.submit_retry_max_delay), cfg.node.submit_retry_max_delay),
@@ -119,6 +129,9 @@ class PoolApp:
             lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         await self.coordinator.replay_block_rows()
+        hc = cfg.history
+        self.history = HistoryWriter(self.ledger, self.coordinator.history, Retention(
+            hc.flush_interval, hc.minutely_keep_hours * 3600, hc.hourly_keep_days * 86400))
         rows, round_no = await asyncio.to_thread(self.ledger.best_shares)
         self.coordinator.best.load(rows, round_no)
         self.server = StratumServer(cfg, self.coordinator, self.metrics, sites=self.sites)
@@ -140,7 +153,7 @@ class PoolApp:
             self._on_template,
             refresh_interval=cfg.node.refresh_interval,
             longpoll=cfg.node.longpoll,
-            zmq_endpoint=zmq,
+            zmq_endpoint=nodes[0][2] if len(nodes) == 1 else {name: zmq for name, _, zmq in nodes},
             on_health=lambda up: self.metrics.bitcoind_up.set(1 if up else 0),
             empty_first_network=cfg.node.network if cfg.node.empty_block_first else None,
         )
@@ -153,10 +166,14 @@ class PoolApp:
         sup = self.supervisor
         for name, loop_fn in self.source.loops().items():
             sup.start(name, loop_fn)
+        sup.start("node-health", self.client.run)
         sup.start("stratum-housekeeping", self.server.housekeeping)
         sup.start("sites", self.sites.run)  # curtailment orders and schedules; without it none is applied
+        if self.server.tls is not None:
+            sup.start("tls-accept", self.server.tls.accept_loop)
         sup.start("template-age", self._age_loop, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
+        sup.start("history", self.history.run, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
                                         on_change=self._on_block_status, in_flight=self.submitter.unresolved)
         sup.start("maturity", self.maturity.run)
@@ -168,6 +185,19 @@ class PoolApp:
             self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
                                              pc.payment_grace)
             sup.start("payments", self.payments.run)
+
+    def _on_node_switch(self, before: Member | None, after: Member) -> None:
+        if before is not None:
+            self.metrics.node_switches.inc()
+        if self.source is not None:
+            self.source.node_switched(before, after)
+
+    def _on_node_probe(self, nodes: NodeSet) -> None:
+        for i, member in enumerate(nodes.members):
+            self.metrics.node_up.labels(member.name).set(1 if member.state.up else 0)
+            self.metrics.node_active.labels(member.name).set(1 if i == nodes.active else 0)
+            if member.state.height is not None:
+                self.metrics.node_tip_height.labels(member.name).set(member.state.height)
 
     async def audit(self, kind: str, payload: dict[str, object]) -> None:
         """Append an entry to the ledger's hash-chained audit log; a failure is logged, never raised (the
@@ -334,6 +364,7 @@ class PoolApp:
                            "found_at": last.found_at} if last else None,
             "uptime_seconds": now - self.started_at,
             "best_share": self._pool_best(),
+            "nodes": self.client.states() if self.client is not None else [],
         }
 
     def _pool_best(self) -> dict[str, object]:
@@ -412,6 +443,8 @@ class PoolApp:
             await self.submitter.drain()
         if self.coordinator is not None:
             await self.coordinator.drain()
+        if self.history is not None and self.ledger is not None and self.ledger.failure is None:
+            await self.history.flush()  # the last seconds of work, before the writer closes
         if self.ledger is not None:
             self.ledger.close()
         if self.client is not None:

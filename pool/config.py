@@ -9,7 +9,9 @@ catches them too.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,10 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
+    """One bitcoind. The pool-wide settings (``POOL_WIDE_NODE_KEYS``: network, longpoll, refresh_interval,
+    submit_retry_max_delay, empty_block_first) are written once, in the first node, and copied into the others."""
+
+    name: str = "node1"  # metric label and log field: configured, so bounded
     rpc_url: str = "http://127.0.0.1:8332"
     rpc_user: str = ""
     rpc_password: str = field(default="", repr=False)
@@ -61,6 +67,8 @@ class StratumConfig:
     tls_port: int | None = None  # None: no TLS listener; 0: any free port
     tls_cert: str = ""
     tls_key: str = ""
+    proxy_protocol: bool = False  # every connection starts with a PROXY protocol v1/v2 header (load balancer)
+    proxy_trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # source networks allowed to send one
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,23 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """Chart history in the ledger (ledger/history.py): how often it is written and how long it is kept."""
+
+    flush_interval: float = 15.0  # seconds between writes of the work summed in memory
+    minutely_keep_hours: float = 48.0
+    hourly_keep_days: float = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """The read-only web pages (ops/dashboard.py), served on the metrics listener."""
+
+    enabled: bool = True
+    title: str = "pool"
+
+
+@dataclass(frozen=True, slots=True)
 class AuthorizationConfig:
     """Who may mine: anyone with a valid address (``open``), or only licensed addresses (``allowlist``)."""
 
@@ -138,13 +163,16 @@ class ReportConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    node: NodeConfig = NodeConfig()
+    node: NodeConfig = NodeConfig()  # the first (preferred) bitcoind
+    extra_nodes: tuple[NodeConfig, ...] = ()  # more bitcoinds, in order of preference (``[[node]]``)
     stratum: StratumConfig = StratumConfig()
     difficulty: DifficultyConfig = DifficultyConfig()
     payout: PayoutConfig = PayoutConfig()
     regtest: RegtestConfig = RegtestConfig()
     admin: AdminConfig = AdminConfig()
     programme: ProgrammeConfig = ProgrammeConfig()  # [[site]] and [programme]: sites, energy, curtailment
+    history: HistoryConfig = HistoryConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     authorization: AuthorizationConfig = AuthorizationConfig()
     report: ReportConfig = ReportConfig()
     data_dir: str = "data"
@@ -155,6 +183,11 @@ class Config:
     metrics_max_worker_series: int = 500
     log_level: str = "info"
     log_format: str = "auto"
+
+    @property
+    def nodes(self) -> tuple[NodeConfig, ...]:
+        """Every configured bitcoind, the preferred first."""
+        return (self.node, *self.extra_nodes)
 
     @property
     def ledger_file(self) -> Path:
@@ -254,25 +287,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     """Build a Config from parsed TOML; raise ConfigError naming the first bad key."""
     env = dict(os.environ if env is None else env)
     raw = dict(raw)
-    n = _section(raw, "node")
-    node = NodeConfig(
-        rpc_url=n.string("rpc_url", "http://127.0.0.1:8332"),
-        rpc_user=n.string("rpc_user", env.get("POOL_RPC_USER", "")),
-        rpc_password=n.string("rpc_password", env.get("POOL_RPC_PASSWORD", "")),
-        rpc_cookie_file=n.string("rpc_cookie_file", ""),
-        rpc_timeout=n.number("rpc_timeout", 30.0, 1, 600),
-        network=n.choice("network", "main", tuple(NETWORKS)),
-        zmq_hashblock=n.string("zmq_hashblock", ""),
-        longpoll=n.boolean("longpoll", True),
-        refresh_interval=n.number("refresh_interval", 30.0, 1, 110),
-        submit_retry_max_delay=n.number("submit_retry_max_delay", 5.0, 0.2, 60),
-        empty_block_first=n.boolean("empty_block_first", True),
-    )
-    n.done()
-    if not node.rpc_url.startswith(("http://", "https://")):
-        raise ConfigError(f"node.rpc_url must start with http:// or https://, got {node.rpc_url!r}")
-    if node.zmq_hashblock:
-        _check_zmq_endpoint("node.zmq_hashblock", node.zmq_hashblock)
+    nodes = _nodes(raw.pop("node", {}), env)
+    node = nodes[0]
 
     s = _section(raw, "stratum")
     mask_text = s.string("version_mask", "1fffe000")
@@ -315,8 +331,13 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         tls_port=s.optional_integer("tls_port", 0, 65535),
         tls_cert=s.string("tls_cert", ""),
         tls_key=s.string("tls_key", ""),
+        proxy_protocol=s.boolean("proxy_protocol", False),
+        proxy_trusted=_networks(s, "proxy_trusted", ("127.0.0.0/8", "::1/128")),
     )
     s.done()
+    if stratum.proxy_protocol and not stratum.proxy_trusted:
+        raise ConfigError("stratum.proxy_trusted is empty while stratum.proxy_protocol = true: no connection could"
+                          " be accepted; list the load balancers' networks")
     if len(stratum.pool_tag.encode()) > 60:
         raise ConfigError("stratum.pool_tag must be at most 60 bytes")
     _check_tls(stratum)
@@ -357,6 +378,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         zmq_port=r.integer("zmq_port", 0, 0, 65535),
     )
     r.done()
+    if regtest.managed and len(nodes) > 1:
+        raise ConfigError("regtest.managed = true starts one bitcoind of its own: list no further [[node]] entries")
     if regtest.managed and node.network != "regtest":
         raise ConfigError("regtest.managed = true needs node.network = \"regtest\"")
     if payout.pool_address:
@@ -372,6 +395,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         programme = parse_programme(raw.pop("site", []), raw.pop("programme", {}))
     except SiteConfigError as exc:
         raise ConfigError(str(exc)) from exc
+    history, dashboard = _history(_section(raw, "history")), _dashboard(_section(raw, "dashboard"))
     authorization = _authorization(_section(raw, "authorization"), node.network)
     rp = _section(raw, "report")
     report = ReportConfig(efficiency_j_per_th=rp.number("efficiency_j_per_th", 30.0, 0.001, 1e6))
@@ -383,12 +407,15 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     log_table = _Reader(top._get("logging", {}, (dict,), "a table"), "logging")
     config = Config(
         node=node,
+        extra_nodes=nodes[1:],
         stratum=stratum,
         difficulty=difficulty,
         payout=payout,
         regtest=regtest,
         admin=admin,
         programme=programme,
+        history=history,
+        dashboard=dashboard,
         authorization=authorization,
         report=report,
         data_dir=top.string("data_dir", "data"),
@@ -408,6 +435,81 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     return config
 
 
+NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_NODES = 16
+# Written once, in the first node; the same for every bitcoind the pool uses.
+POOL_WIDE_NODE_KEYS = ("network", "longpoll", "refresh_interval", "submit_retry_max_delay", "empty_block_first")
+
+
+def _nodes(table: Any, env: dict[str, str]) -> tuple[NodeConfig, ...]:
+    """``[node]`` (one bitcoind) or ``[[node]]`` (several, the preferred first); each entry is checked alone,
+    then together (names and URLs unique)."""
+    if isinstance(table, dict):
+        entries, plural = [table], False
+    elif isinstance(table, list) and table and all(isinstance(t, dict) for t in table):
+        entries, plural = table, True
+    else:
+        raise ConfigError("node must be a table ([node]) or a non-empty list of tables ([[node]])")
+    if len(entries) > MAX_NODES:
+        raise ConfigError(f"node: at most {MAX_NODES} [[node]] entries, got {len(entries)}")
+    nodes: list[NodeConfig] = []
+    for i, entry in enumerate(entries):
+        section = f"node[{i + 1}]" if plural else "node"
+        if i > 0:
+            for key in POOL_WIDE_NODE_KEYS:
+                if key in entry:
+                    raise ConfigError(f"{section}.{key}: {', '.join(POOL_WIDE_NODE_KEYS)} are pool-wide; write them"
+                                      " in the first [[node]] entry only")
+        nodes.append(_node(_Reader(entry, section), section, i, env, nodes[0] if nodes else None))
+    seen_names: dict[str, int] = {}
+    seen_urls: dict[str, int] = {}
+    for i, n in enumerate(nodes, 1):
+        if n.name in seen_names:
+            raise ConfigError(f"node[{i}].name {n.name!r} is already used by node[{seen_names[n.name]}]")
+        if n.rpc_url.rstrip("/") in seen_urls:
+            raise ConfigError(f"node[{i}].rpc_url {n.rpc_url!r} is already used by node[{seen_urls[n.rpc_url.rstrip('/')]}]")
+        seen_names[n.name] = seen_urls[n.rpc_url.rstrip("/")] = i
+    return tuple(nodes)
+
+
+def _node(n: _Reader, section: str, index: int, env: dict[str, str], first: NodeConfig | None) -> NodeConfig:
+    name = n.string("name", f"node{index + 1}")
+    if not NODE_NAME.fullmatch(name):
+        raise ConfigError(f"{section}.name must be 1-32 letters, digits, '.', '_' or '-', got {name!r}")
+    node = NodeConfig(
+        name=name,
+        rpc_url=n.string("rpc_url", "http://127.0.0.1:8332"),
+        rpc_user=n.string("rpc_user", env.get("POOL_RPC_USER", "")),
+        rpc_password=n.string("rpc_password", env.get("POOL_RPC_PASSWORD", "")),
+        rpc_cookie_file=n.string("rpc_cookie_file", ""),
+        rpc_timeout=n.number("rpc_timeout", 30.0, 1, 600),
+        network=first.network if first else n.choice("network", "main", tuple(NETWORKS)),
+        zmq_hashblock=n.string("zmq_hashblock", ""),
+        longpoll=first.longpoll if first else n.boolean("longpoll", True),
+        refresh_interval=first.refresh_interval if first else n.number("refresh_interval", 30.0, 1, 110),
+        submit_retry_max_delay=(first.submit_retry_max_delay if first
+                                else n.number("submit_retry_max_delay", 5.0, 0.2, 60)),
+        empty_block_first=first.empty_block_first if first else n.boolean("empty_block_first", True),
+    )
+    n.done()
+    if not node.rpc_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{section}.rpc_url must start with http:// or https://, got {node.rpc_url!r}")
+    if node.zmq_hashblock:
+        _check_zmq_endpoint(f"{section}.zmq_hashblock", node.zmq_hashblock)
+    return node
+
+
+def _networks(s: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of CIDR networks (``10.0.0.0/8``, ``2001:db8::/32``; a bare address is one host)."""
+    values = s.string_list(key) if key in s._t else default
+    for value in values:
+        try:
+            ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"stratum.{key}: {value!r} is not an IP network (like 10.0.0.0/8): {exc}") from exc
+    return tuple(v.strip() for v in values)
+
+
 def _check_tls(stratum: StratumConfig) -> None:
     if stratum.tls_port is None:
         if stratum.tls_cert or stratum.tls_key:
@@ -423,6 +525,27 @@ def _check_tls(stratum: StratumConfig) -> None:
         load_tls_context(stratum.tls_cert, stratum.tls_key)
     except TlsError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _history(h: _Reader) -> HistoryConfig:
+    history = HistoryConfig(
+        flush_interval=h.number("flush_interval", 15.0, 1, 300),
+        minutely_keep_hours=h.number("minutely_keep_hours", 48.0, 1, 24 * 31),
+        hourly_keep_days=h.number("hourly_keep_days", 90.0, 1, 3660),
+    )
+    h.done()
+    if history.hourly_keep_days * 24 < history.minutely_keep_hours:
+        raise ConfigError("history.hourly_keep_days must cover history.minutely_keep_hours"
+                          " (hourly rows outlive minutely ones)")
+    return history
+
+
+def _dashboard(d: _Reader) -> DashboardConfig:
+    dashboard = DashboardConfig(enabled=d.boolean("enabled", True), title=d.string("title", "pool").strip())
+    d.done()
+    if not 0 < len(dashboard.title) <= 80 or not dashboard.title.isprintable():
+        raise ConfigError(f"dashboard.title must be 1-80 printable characters, got {dashboard.title[:90]!r}")
+    return dashboard
 
 
 def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:

@@ -54,6 +54,11 @@ class Metrics:
         self.sessions = Gauge("pool_sessions", "Stratum sessions by state", ["state"], registry=r)
         self.connects = Counter("pool_connects_total", "Accepted TCP connections", registry=r)
         self.disconnects = Counter("pool_disconnects_total", "Closed connections by reason", ["reason"], registry=r)
+        self.proxy_headers = Counter(
+            "pool_proxy_headers_total",
+            "PROXY protocol headers by outcome: v1/v2 (miner address taken), own-address (UNKNOWN/LOCAL), or why"
+            " the connection was refused (invalid, untrusted, timeout, eof, reset)",
+            ["outcome"], registry=r)
         self.subscribes = Counter("pool_subscribes_total", "mining.subscribe requests answered", registry=r)
         self.authorizes = Counter("pool_authorizes_total", "mining.authorize by result", ["result"], registry=r)
         self.protocol_errors = Counter(
@@ -128,6 +133,14 @@ class Metrics:
             "pool_templates_total", "Templates adopted: full (getblocktemplate) or empty (coinbase-only, new tip)",
             ["kind"], registry=r)
         self.bitcoind_up = Gauge("pool_bitcoind_up", "1 when bitcoind answers and gives templates", registry=r)
+        # One series per configured bitcoind ([[node]] names): bounded by the config.
+        self.node_up = Gauge("pool_node_up", "1 when this bitcoind answered its last health probe on the right chain",
+                             ["node"], registry=r)
+        self.node_active = Gauge("pool_node_active", "1 for the bitcoind templates come from", ["node"], registry=r)
+        self.node_tip_height = Gauge("pool_node_tip_height", "Height of this bitcoind's tip at its last probe",
+                                     ["node"], registry=r)
+        self.node_switches = Counter("pool_node_switches_total",
+                                     "Template source moved to another bitcoind (failure, or a tip behind)", registry=r)
         self.rpc_seconds = Histogram(
             "pool_bitcoind_rpc_seconds", "bitcoind RPC latency by method", ["method"], registry=r
         )

@@ -19,6 +19,7 @@ from pool.bitcoin.coinbase import TxOut
 from pool.config import Config
 from pool.ledger import journal
 from pool.ledger.accounting import fee_basis_points
+from pool.ledger.history import WorkHistory
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
 from pool.mining.best import BestShares
 from pool.mining.jobs import BlockTemplate, Job, JobBook, PreparedTemplate, make_job
@@ -60,6 +61,7 @@ class Coordinator:
         self.blocks_found = 0
         self.last_block: FoundBlock | None = None
         self.stats = PoolStats()
+        self.history = WorkHistory()  # accepted work per minute for the charts, written by HistoryWriter
         self.best = BestShares()  # loaded from the ledger at start (PoolApp)
         self._prepared_at = 0.0
         self._block_writes: set[asyncio.Task[None]] = set()
@@ -171,6 +173,7 @@ class Coordinator:
             self._accepted_count.inc()
             self.metrics.accepted_difficulty.inc(result.difficulty)
             self.stats.accepted(worker.address, worker.name, result.difficulty, now)
+            self.history.add(worker.address, worker.name, result.difficulty, now)
             committed = self.ledger.record_share(self.share_record(result, worker))
             record = self.best.offer(worker.address, worker.name, result.hash_difficulty, now)
             if record is not None:  # rare: written behind the share, in the same group commit

@@ -122,6 +122,46 @@ async def test_long_polling_waits_while_zmq_announces_tips_and_resumes_when_it_m
             await poller
 
 
+class ProbeCounter:
+    """A stand-in bitcoind for a node set: answers probes, counts them."""
+
+    def __init__(self, name: str, gbt: dict[str, Any]) -> None:
+        self.name, self.gbt, self.url, self.probes = name, gbt, f"http://{name}:1", 0
+
+    async def call(self, method: str, *params: Any) -> Any:
+        self.probes += 1
+        return {"chain": "regtest", "chainwork": "01", "blocks": 1}
+
+    async def get_template(self) -> Any:
+        return self.gbt
+
+    def close(self) -> None:
+        pass
+
+
+async def test_with_several_nodes_only_the_active_nodes_zmq_earns_trust() -> None:
+    """ZMQ lets long polling rest only while it announces the tips of the node templates come from; another
+    node's announcement makes the node set probe (is the active node behind?) instead."""
+    from pool.node.nodeset import Member, NodeSet
+
+    a, b = make_gbt(prevhash="11" * 32), make_gbt(prevhash="22" * 32)
+    first, second = ProbeCounter("first", a), ProbeCounter("second", a)
+    nodes = NodeSet([Member("first", first), Member("second", second)], "regtest")  # type: ignore[arg-type]
+    await nodes.probe()
+    reasons: list[str] = []
+    source = TemplateSource(nodes, lambda t, new_tip, reason: reasons.append(reason), longpoll=False,
+                            zmq_endpoint={"first": "tcp://127.0.0.1:1", "second": "tcp://127.0.0.1:2"})
+    assert set(source.loops()) == {"template-refresh", "template-zmq-first", "template-zmq-second"}
+    source._deliver(work.prepare(a), "start")
+    source._zmq_announce(b["previousblockhash"], "second")
+    assert nodes._wake.is_set() and not source.zmq_trusted and not source._wake.is_set()
+    source._zmq_announce(b["previousblockhash"], "first")
+    source._deliver(work.prepare(b), "zmq")
+    assert source.zmq_trusted
+    source.node_switched(nodes.members[0], nodes.members[1])  # trust is earned again by the new node
+    assert not source.zmq_trusted and source._reason == "failover" and source._wake.is_set()
+
+
 class HeaderNode:
     """Answers getblockheader for the announced tip at once; the full template takes ``delay`` seconds."""
 
