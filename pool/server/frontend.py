@@ -125,7 +125,7 @@ class ReportingStats(PoolStats):
     def accepted(self, address: str, name: str, difficulty: float, now: float) -> None:
         return None
 
-    def rejected(self, address: str, name: str) -> None:
+    def rejected(self, address: str, name: str, now: float | None = None) -> None:
         self.rejects[(address, name)] += 1
 
 

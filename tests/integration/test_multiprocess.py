@@ -116,10 +116,17 @@ async def test_miners_on_both_processes_get_shares_committed_and_one_metrics(reg
                     hashes.append(h)
             # Every "true" is a committed row in the coordinator's ledger.
             assert set(hashes) <= await ledger_share_hashes(app)
+            # A share refused by a front-end (an unknown job) is counted for its worker by the coordinator.
+            job = miners[0].job
+            assert job is not None
+            params = [f"{address}.w1", "ffffff", "00" * miners[0].extranonce2_size, job.ntime, "00000000"]
+            reply = await miners[0].request("mining.submit", params)
+            assert reply["error"][0] == 21, reply
 
             async def merged() -> bool:
                 _, text = await http_get(app.http.port, "/metrics")
                 return (sample(text, 'pool_shares_total{result="accepted"}') == len(hashes)
+                        and sample(text, 'pool_shares_total{result="rejected"}') == 1
                         and sample(text, "pool_connections") == len(miners)
                         and sample(text, 'pool_frontend_up{process="1"}') == 1)
 
@@ -132,7 +139,7 @@ async def test_miners_on_both_processes_get_shares_committed_and_one_metrics(reg
             assert status == 200 and summary["miners"] == len(miners) and summary["workers"] == 1
             status, body = await http_get(app.http.port, f"/api/address/{address}")
             workers = json.loads(body)["workers"]
-            assert status == 200 and workers[0]["accepted"] == len(hashes)
+            assert status == 200 and workers[0]["accepted"] == len(hashes) and workers[0]["rejected"] == 1
         finally:
             for miner in miners:
                 await miner.close()

@@ -323,6 +323,14 @@ def test_allowlist_with_several_processes_is_refused(tmp_path: Path) -> None:
         parse_config(minimal(authorization={"allowlist_file": str(allowlist)}, stratum={"processes": 2}), env={})
 
 
+def test_sites_with_several_processes_are_refused() -> None:
+    site = {"name": "north", "cidrs": ["10.1.0.0/16"], "power_budget_kw": 500, "efficiency_j_per_th": 25}
+    raw = {"node": {"network": "regtest"}, "regtest": {"managed": True}, "site": [site]}
+    assert parse_config(raw, env={}).programme.sites
+    with pytest.raises(ConfigError, match="stratum.processes"):
+        parse_config({**raw, "stratum": {"processes": 2}}, env={})
+
+
 def test_authorization_defaults_to_open() -> None:
     config = parse_config(minimal(), env={})
     assert config.authorization.mode == "open" and not config.authorization.enforced
