@@ -140,23 +140,31 @@ class PoolApp:
             # Every node gets every block from the front-end that found it, as from this process.
             submit_nodes = [(name, node_creds, timeouts.get(name, cfg.node.rpc_timeout))
                             for name, node_creds, _ in nodes]
-            self.server = FrontendPool(cfg, self.metrics, self.ledger, self.coordinator, submit_nodes, pool_script,
-                                       on_block_resolved=lambda _: self.source.trigger("block-found")
-                                       if self.source is not None else None)
+            frontends = FrontendPool(cfg, self.metrics, self.ledger, self.coordinator, submit_nodes, pool_script,
+                                     on_block_resolved=lambda _: self.source.trigger("block-found")
+                                     if self.source is not None else None)
+            self.server = frontends
+            if cfg.programme.sites:  # decided here, applied and reported by every front-end process
+                frontends.sites = self.sites
+                self.sites.publish = frontends.publish_site
         else:
             self.server = StratumServer(cfg, self.coordinator, self.metrics, sites=self.sites)
-            self.sites.server = self.server  # sites and the allowlist: one process only (checked by the config)
+        self.sites.server = self.server
         self.sites.ledger = self.ledger
         records = await asyncio.to_thread(
             self.ledger.query, "SELECT payload FROM audit WHERE kind = 'site_curtailment' ORDER BY seq")
         for site in self.sites.restore([json.loads(payload) for (payload,) in records]):
             log.warning("site_curtailment_restored", site=site)
-        if cfg.authorization.allowlist_file and isinstance(self.server, StratumServer):
+        if cfg.authorization.allowlist_file:
             self.access = AccessControl(cfg.authorization, cfg.node.network, self.metrics, self.audit)
-            self.access.server = self.server
             self.sites.listed_site = self._listed_site  # the allowlist's site column places unmatched miners
-            if cfg.authorization.enforced:
+            if isinstance(self.server, FrontendPool):  # read and audited here, enforced by every front-end
                 self.server.access = self.access
+                self.access.spread = self.server.spread_allowlist
+            else:
+                self.access.server = self.server
+                if cfg.authorization.enforced:
+                    self.server.access = self.access
             await self.access.announce()
         self.source = TemplateSource(
             self.client,

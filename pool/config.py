@@ -439,12 +439,6 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     for reader in (top, ledger_table, metrics_table, log_table):
         reader.done()
     _check_extranonce_space(stratum)
-    if stratum.processes > 1 and config.programme.sites:
-        raise ConfigError("[[site]] is not supported with stratum.processes > 1 yet (sites and curtailment act on the"
-                          " sessions of the one Stratum process): set stratum.processes = 1")
-    if stratum.processes > 1 and config.authorization.allowlist_file:
-        raise ConfigError("authorization.allowlist_file is not supported with stratum.processes > 1 yet (the allowlist,"
-                          " its reloads and drains live in the one Stratum process): set stratum.processes = 1")
     if admin.enabled and admin.port is None and not config.metrics_enabled:
         raise ConfigError("an admin token is set but metrics.enabled = false and admin.port is not set:"
                           " set admin.port to serve the admin API on a listener of its own")

@@ -47,6 +47,16 @@ def _short(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def curtailed_message(site: str, until: float) -> str:
+    """What a miner of a curtailed site is told (``client.show_message``), at login or when closed."""
+    return f"Site {site} is curtailed until {_short(until)} (grid load); please reconnect later"
+
+
+def ramp_message(site: str, admit_rate: float) -> str:
+    return (f"Site {site} is resuming after a curtailment and admits {admit_rate:g} miners per second;"
+            " retry in a few seconds")
+
+
 class SiteController:
     """Sites, energy and curtailment of one pool."""
 
@@ -66,6 +76,9 @@ class SiteController:
         self.listed_site: Callable[[bytes], str] | None = None  # payout script -> the allowlist's site column
         self._restored: set[str] = set()  # manual orders restored at start, not yet applied
         self._schedules: dict[str, tuple[float, float, ScheduleState]] = {}  # site -> (from, until, state)
+        # With front-end processes: each curtailment change (and a changed ``until``) is published to them.
+        self.publish: Callable[[str], None] | None = None
+        self._published: dict[str, float | None] = {}
 
     # ---- calls from the Stratum server ---------------------------------------------------------------------
 
@@ -81,16 +94,29 @@ class SiteController:
         if why is None:
             return site, None
         if why == "curtailed" and curtailment.active is not None:
-            return site, (f"Site {site} is curtailed until {_short(curtailment.active.until)} (grid load);"
-                          " please reconnect later")
-        return site, (f"Site {site} is resuming after a curtailment and admits"
-                      f" {curtailment.admit_rate:g} miners per second; retry in a few seconds")
+            return site, curtailed_message(site, curtailment.active.until)
+        return site, ramp_message(site, curtailment.admit_rate)
 
     def authorized(self, session: int, site: str, worker: str, worker_name: str) -> None:
         self.book.authorized(session, site, worker, worker_name, self.clock())
 
     def share(self, site: str, worker: str, worker_name: str, difficulty: float | None, is_block: bool) -> None:
         self.book.share(site, worker, worker_name, difficulty, is_block, self.clock())
+
+    def refused(self, site: str, why: str) -> None:
+        """A front-end process refused a login of ``site`` (``curtailed`` or ``ramp``): counted here."""
+        curtailment = self.curtailments.get(site)
+        if curtailment is not None and why in curtailment.refused:
+            curtailment.refused[why] += 1
+
+    def front_state(self, site: str, processes: int) -> dict[str, Any]:
+        """What a front-end process needs to admit or refuse ``site``'s logins by itself: the curtailment in
+        force (its end), the ramp's remaining seconds and this process's share of the admission rate."""
+        curtailment = self.curtailments[site]
+        active = curtailment.active
+        return {"until": active.until if active is not None else None,
+                "ramp_seconds": max(0.0, curtailment.ramp_until_mono - self.mono()),
+                "admit_rate": curtailment.admit_rate / max(1, processes), "pool_admit_rate": curtailment.admit_rate}
 
     def closed(self, session: int) -> None:
         self.book.closed(session, self.clock())
@@ -158,13 +184,17 @@ class SiteController:
                 self._apply(site, curtailment, change, now)
                 changes.append(change)
                 self._restored.discard(site)
+            if self.publish is not None:
+                until = curtailment.active.until if curtailment.active is not None else None
+                if self._published.get(site) != until:  # started, ended, or extended/shortened
+                    self._published[site] = until
+                    self.publish(site)
             allowed = curtailment.closes_allowed(mono)
             if allowed and self.server is not None:
                 sessions = self.book.sessions_of(site, allowed)
                 if sessions:
                     assert curtailment.active is not None
-                    message = (f"Site {site} is curtailed until {_short(curtailment.active.until)} (grid load);"
-                               " please reconnect later")
+                    message = curtailed_message(site, curtailment.active.until)
                     curtailment.closed_some(self.server.close_sessions(sessions, "curtailed", message))
         return changes
 

@@ -13,6 +13,12 @@ them. In ``allowlist`` mode:
 
 Every load, reload (with what was added and removed), refused reload and drain is written to the ledger's
 hash-chained audit log, so a regulator can see who was licensed when.
+
+With ``stratum.processes`` >= 2 the coordinator process reads the file, diffs and audits (once), and hands the
+new list to every front-end (``spread``); each front-end has an ``AccessControl`` of its own that enforces it
+at authorize and per share and drains its own sessions at ``drain_rate / processes`` (so the pool as a whole
+closes ``drain_rate`` per second). A front-end's finished drain is reported back (``on_drain_done``) and the
+coordinator writes one ``allowlist_drain_done`` entry when every front-end that had sessions to drain is done.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pool.access")
 
 AuditWriter = Callable[[str, dict[str, Any]], Awaitable[None]]
+# Coordinator of front-end processes: (new list, scripts to drain) -> {process index: sessions queued to drain}
+Spreader = Callable[[Allowlist, frozenset[bytes]], Awaitable[dict[int, int]]]
 MAX_ADDRESSES_IN_AUDIT = 1000  # per entry; the counts are always complete
 NOT_LICENSED = "Address {address} is not licensed to mine on this pool (not on the operator allowlist)"
 DRAIN_MESSAGE = "This payout address is no longer licensed on this pool; disconnecting"
@@ -75,9 +83,15 @@ class AccessControl:
         self._draining: deque[Session] = deque()
         self._drain_pace = TokenBucket(config.drain_rate, max(1.0, config.drain_rate), time.monotonic())
         self._drained = 0
+        self._drain_active = False  # a drain is queued: its end is reported (audited) once
         self._lock = asyncio.Lock()
         self._audits: set[asyncio.Future[None]] = set()
         self._refused_count = metrics.authorize_refusals.labels("not-allowlisted")
+        self.spread: Spreader | None = None  # set in the coordinator of front-end processes
+        self.on_drain_done: Callable[[int], None] | None = None  # set in a front-end process: report, not audit
+        self._remote_draining: set[int] = set()  # front-ends still draining (coordinator)
+        self._remote_closed = 0
+        self._remote_done: int | None = None
         metrics.allowlist_entries.set(len(self.allowlist))
 
     # ---- the hot path ----------------------------------------------------------------------------------------
@@ -120,8 +134,11 @@ class AccessControl:
                 raise ReloadRefused(message) from exc
             old, self.allowlist = self.allowlist, new
             change = diff(old, new)
-            gone = removed_scripts(old, new)
-            draining = self._drain(gone) if self.enforced else 0
+            gone = removed_scripts(old, new) if self.enforced else frozenset()
+            if self.spread is not None:  # each answer is noted as it comes (note_remote_drain)
+                draining = sum((await self.spread(new, gone)).values())
+            else:
+                draining = self._drain(gone)
             self.metrics.allowlist_reloads.labels("ok").inc()
             self.metrics.allowlist_entries.set(len(new))
             result = ReloadResult(len(new), len(change.added), len(change.removed), len(change.changed), draining,
@@ -137,7 +154,44 @@ class AccessControl:
             if draining:
                 await self._audit("allowlist_drain", {"sessions": draining, "rate_per_second": self.config.drain_rate,
                                                       "addresses": payload["removed_addresses"]})
+            if self._remote_done is not None:  # every front-end finished before this reload's entries were written
+                await self._audit("allowlist_drain_done", {"closed": self._remote_done})
+                self._remote_done = None
             return result
+
+    def apply(self, new: Allowlist, gone: frozenset[bytes]) -> int:
+        """In a front-end process: the list the coordinator read (and audited) is in force here too; sessions
+        of ``gone`` scripts are queued to be drained. Returns how many were queued."""
+        self.allowlist = new
+        self.metrics.allowlist_entries.set(len(new))
+        return self._drain(gone) if self.enforced else 0
+
+    def note_remote_drain(self, process: int, queued: int) -> None:
+        """In the coordinator: front-end ``process`` answered a spread list with ``queued`` sessions to drain
+        (noted as its answer arrives, before any report of that drain's end on the same link)."""
+        if queued:
+            self._remote_draining.add(process)
+
+    def remote_drain_done(self, process: int, closed: int) -> None:
+        """In the coordinator: front-end ``process`` closed the last of its queued sessions (or died); one
+        audit entry for the whole pool when the last front-end is done."""
+        if process not in self._remote_draining:
+            return
+        self._remote_draining.discard(process)
+        self._remote_closed += closed
+        if not self._remote_draining:
+            closed, self._remote_closed = self._remote_closed, 0
+            log.info("allowlist_drain_done", closed=closed)
+            if self._lock.locked():  # the reload's own entries are not written yet: this one goes after them
+                self._remote_done = closed
+            else:
+                self._audit_later("allowlist_drain_done", {"closed": closed})
+
+    def _audit_later(self, kind: str, payload: dict[str, Any]) -> None:
+        task = asyncio.ensure_future(self._audit(kind, payload))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+        task.add_done_callback(_log_failure)
 
     # ---- draining ------------------------------------------------------------------------------------------------
 
@@ -151,6 +205,7 @@ class AccessControl:
                  if not s.finished and id(s) not in queued
                  and any(w.script in scripts for w in s.protocol.workers.values())]
         self._draining.extend(found)
+        self._drain_active = self._drain_active or bool(found)
         self.tick()
         return len(found)
 
@@ -171,13 +226,14 @@ class AccessControl:
             server.close_with_message(session, "unlicensed", DRAIN_MESSAGE)
             self._drained += 1
             self.metrics.allowlist_drained.inc()
-        if not self._draining and self._drained:
+        if not self._draining and self._drain_active:
+            self._drain_active = False
             closed, self._drained = self._drained, 0
+            if self.on_drain_done is not None:
+                self.on_drain_done(closed)
+                return
             log.info("allowlist_drain_done", closed=closed)
-            task = asyncio.ensure_future(self._audit("allowlist_drain_done", {"closed": closed}))
-            self._audits.add(task)
-            task.add_done_callback(self._audits.discard)
-            task.add_done_callback(_log_failure)
+            self._audit_later("allowlist_drain_done", {"closed": closed})
 
     @property
     def draining(self) -> int:

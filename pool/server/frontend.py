@@ -18,6 +18,7 @@ a ``true`` that was not committed) while the miners stay connected and the proce
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -35,6 +36,8 @@ from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutc
 from pool.node.rpc import NodeClient
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics, configure_logging
+from pool.programme.remote import FrontendSites
+from pool.server.access import AccessControl
 from pool.server.coordinator import Coordinator
 from pool.server.ipc import TEMPLATE_HEAD, Kind, Link
 from pool.server.server import StratumServer
@@ -149,6 +152,9 @@ class Frontend:
         self._lost_at: float | None = None
         self.stats = ReportingStats()
         self._early_template: bytes | None = None
+        self.access: AccessControl | None = None  # the allowlist, as the coordinator last spread it
+        self.sites: FrontendSites | None = None
+        self._site_states: list[tuple[str, dict[str, Any]]] = []  # published before the parts exist
 
     # ---- the link ------------------------------------------------------------------------------------------
 
@@ -188,6 +194,7 @@ class Frontend:
             self._lost_at = None
             if self.server is not None:
                 link.send(Kind.READY, (self.server.port, self.server.tls_port))
+            self._resync_sites()
             log.warning("coordinator_link_restored", process=self.index)
 
     def _on_frame(self, kind: Kind, payload: bytes) -> None:
@@ -231,6 +238,11 @@ class Frontend:
         result: Any = 0
         if name == "stop":
             self._stopped.set()
+        elif name == "site":  # a curtailment started, ended or changed (may come before the parts exist)
+            if self.sites is not None:
+                self.sites.apply(*args)
+            else:
+                self._site_states.append(args)
         elif server is None:
             result = 0
         elif name == "reconnect":
@@ -239,10 +251,32 @@ class Frontend:
             result = server.set_version_mask(*args)
         elif name == "reload_tls":
             result = server.reload_tls()
+        elif name == "allowlist":  # the coordinator read (and audited) a new list: in force here too
+            result = (self.index, self.access.apply(*args) if self.access is not None else 0)
+        elif name == "close_sessions":  # a curtailment, paced by the coordinator across every process
+            result = server.close_sessions(*args)
         elif name == "stats":  # a scrape or API call wants figures of now: they go before the reply
             self._send_stats()
         if self.link is not None:
             self.link.send(Kind.REPLY, (command_id, result))
+
+    def _site_event(self, event: tuple[Any, ...]) -> None:
+        if self.link is not None:
+            self.link.queue(Kind.SITES, event)
+
+    def _resync_sites(self) -> None:
+        server, sites = self.server, self.sites
+        if server is None or sites is None:
+            return
+        sites.resync((sid, session.site, [(w.full_name, w.name) for w in session.protocol.workers.values()])
+                     for sid, session in server.sessions.items() if session.site is not None and not session.finished)
+
+    def _drain_done(self, closed: int) -> None:
+        """After the reply that queued the drain (same link, in order): the coordinator audits once for all."""
+        def report() -> None:
+            if self.link is not None:
+                self.link.send(Kind.EVENT, ("drain_done", closed))
+        asyncio.get_running_loop().call_soon(report)
 
     def _on_release(self, value: bytes) -> None:
         if self.link is not None:
@@ -305,7 +339,26 @@ class Frontend:
         self.coordinator.history = _NoHistory()  # type: ignore[assignment]
         self.coordinator.best = _NoBest()  # type: ignore[assignment]
         self.coordinator.on_block = self._on_found
-        self.server = StratumServer(config, self.coordinator, self.metrics, process=self.index)
+        auth = config.authorization
+        if auth.allowlist_file:
+            # This process drains its share of the pool's pace; the coordinator writes the audit log.
+            paced = dataclasses.replace(auth, drain_rate=auth.drain_rate / config.stratum.processes)
+            self.access = AccessControl(paced, config.node.network, self.metrics, _no_audit)
+            self.access.on_drain_done = self._drain_done
+        if config.programme.sites:
+            self.sites = FrontendSites(config.programme, self.index, self._site_event)
+            if self.access is not None:
+                access = self.access
+                self.sites.listed_site = lambda script: _listed(access, script)
+            for state in self._site_states:
+                self.sites.apply(*state)
+            self._site_states.clear()
+        self.server = StratumServer(config, self.coordinator, self.metrics, process=self.index,
+                                    sites=self.sites)  # type: ignore[arg-type]
+        if self.access is not None:
+            self.access.server = self.server
+            if auth.enforced:
+                self.server.access = self.access
         self.server.on_release = self._on_release
         self.server.on_claim = self._on_claim
         for value in resumable:
@@ -372,6 +425,16 @@ class Frontend:
             self.link.close()
         for client in self.clients:
             client.close()
+
+
+async def _no_audit(kind: str, payload: dict[str, Any]) -> None:
+    """A front-end writes no audit entries: the coordinator writes each once, for the whole pool."""
+    return None
+
+
+def _listed(access: AccessControl, script: bytes) -> str:
+    licence = access.allowlist.by_script.get(script)
+    return licence.site if licence is not None else ""
 
 
 class _NoHistory:

@@ -9,7 +9,10 @@ API, maturity and payments. Each front-end owns its miners' connections. Between
   a solution that reaches the ledger twice through different processes is refused here as a duplicate;
 * extranonce1 values released by one process, offered to the others for session resume;
 * once a second, each process's metrics and counts, merged into the one ``/metrics`` and API here;
-* operator commands (reconnect, version mask, TLS reload) fanned out, answers summed.
+* operator commands (reconnect, version mask, TLS reload) fanned out, answers summed;
+* the allowlist after a reload here (each front-end enforces it and drains its own sessions), and each site's
+  curtailment state as the one ``SiteController`` here decides it; the front-ends report their site events
+  (logins, shares, closes, refusals) into that controller, and close the sessions it names, paced here.
 
 A front-end that exits is started again with backoff (``pool_frontend_restarts_total``); the miners it had
 reconnect to the others meanwhile (the kernel only gives connections to listening sockets).
@@ -41,9 +44,13 @@ from prometheus_client.metrics_core import Metric
 
 from pool.config import Config
 from pool.ledger.sqlite import DuplicateShare, Ledger, ShareRecord
+from pool.mining.allowlist import Allowlist
 from pool.node.blocks import FoundBlock
 from pool.node.rpc import RpcCredentials
 from pool.ops.telemetry import Metrics
+from pool.programme.controller import SiteController
+from pool.programme.remote import apply_events, split_id
+from pool.server.access import AccessControl
 from pool.server.coordinator import Coordinator
 from pool.server.frontend import TOKEN_ENV
 from pool.server.ipc import TEMPLATE_HEAD, Kind, Link, encode_raw
@@ -170,8 +177,10 @@ class FrontendPool:
         self._released: OrderedDict[bytes, float] = OrderedDict()
         self._seen: OrderedDict[int, set[int]] = OrderedDict()  # height -> header hashes credited (_solution)
         self._commands = itertools.count(1)
-        self._replies: dict[int, tuple[asyncio.Future[None], list[Any], int]] = {}
+        self._replies: dict[int, tuple[asyncio.Future[None], list[Any], int, Callable[[Any], None] | None]] = {}
         self._closing = False
+        self.sites: SiteController | None = None  # set by the app when sites are configured
+        self.access: AccessControl | None = None  # set by the app when an allowlist file is configured
         self.merged = MergedMetrics(metrics, self)
 
     # ---- start and stop ------------------------------------------------------------------------------------
@@ -344,6 +353,12 @@ class FrontendPool:
             slot.link = None
         slot.stats = {}
         slot.unresolved.clear()
+        if self.sites is not None:  # its miners are gone (they reconnect to the others)
+            book = self.sites.book
+            for gid in [g for g in book._sessions if split_id(g)[0] == slot.index]:
+                self.sites.closed(gid)
+        if self.access is not None:
+            self.access.remote_drain_done(slot.index, 0)
 
     # ---- the links -----------------------------------------------------------------------------------------
 
@@ -388,6 +403,13 @@ class FrontendPool:
             self._reply(*pickle.loads(payload))
         elif kind is Kind.FOUND:
             self._found(slot, *pickle.loads(payload))
+        elif kind is Kind.SITES:
+            if self.sites is not None:
+                apply_events(self.sites, pickle.loads(payload))
+        elif kind is Kind.EVENT:
+            what, value = pickle.loads(payload)
+            if what == "drain_done" and self.access is not None:
+                self.access.remote_drain_done(slot.index, int(value))
 
     def _hello(self, link: Link, index: int, pid: int, token: str) -> None:
         if not secrets.compare_digest(str(token), self._token) or not 0 <= index < self.processes:
@@ -406,6 +428,9 @@ class FrontendPool:
         link.send(Kind.WELCOME, (self._child_config, self.submit_nodes, self.pool_script, list(self._released)))
         if self._template_body is not None:  # the current work: a front-end that relinks may have it already
             link.send_raw(self._template_frame(True, False))
+        if self.sites is not None:  # every site's curtailment state, as the controller has it now
+            for site in self.sites.curtailments:
+                link.send(Kind.COMMAND, (0, "site", (site, self.sites.front_state(site, self.processes))))
 
     # ---- templates -----------------------------------------------------------------------------------------
 
@@ -571,13 +596,15 @@ class FrontendPool:
     def connection_count(self) -> int:
         return sum(int(slot.stats.get("connections", 0)) for slot in self.slots)
 
-    async def _command(self, name: str, *args: Any, timeout: float = COMMAND_TIMEOUT) -> list[Any]:
-        """Send a command to every linked front-end; their answers (within ``timeout``)."""
+    async def _command(self, name: str, *args: Any, timeout: float = COMMAND_TIMEOUT,
+                       on_answer: Callable[[Any], None] | None = None) -> list[Any]:
+        """Send a command to every linked front-end; their answers (within ``timeout``). ``on_answer`` sees
+        each as it arrives, before any later frame of the same front-end."""
         command_id = next(self._commands)
         links = [slot.link for slot in self.slots if slot.link is not None]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         answers: list[Any] = []
-        self._replies[command_id] = (done, answers, len(links))
+        self._replies[command_id] = (done, answers, len(links), on_answer)
         for link in links:
             link.send(Kind.COMMAND, (command_id, name, args))
         if links:
@@ -590,8 +617,10 @@ class FrontendPool:
         entry = self._replies.get(command_id)
         if entry is None:
             return
-        done, answers, expected = entry
+        done, answers, expected, on_answer = entry
         answers.append(result)
+        if on_answer is not None:
+            on_answer(result)
         if len(answers) >= expected and not done.done():
             done.set_result(None)
 
@@ -608,6 +637,47 @@ class FrontendPool:
         self._child_config = dataclasses.replace(
             self._child_config, stratum=dataclasses.replace(self._child_config.stratum, version_mask=mask))
         return sum(int(a) for a in await self._command("version_mask", mask))
+
+    async def spread_allowlist(self, allowlist: Allowlist, gone: frozenset[bytes]) -> dict[int, int]:
+        """A reloaded allowlist to every front-end (and to those started later); {process: sessions queued
+        to drain}. Each answer is noted by the access control as it comes (see ``note_remote_drain``)."""
+        auth = dataclasses.replace(self._child_config.authorization, allowlist=allowlist)
+        self._child_config = dataclasses.replace(self._child_config, authorization=auth)
+        access = self.access
+
+        def noted(answer: Any) -> None:
+            if access is not None and isinstance(answer, tuple):
+                access.note_remote_drain(*answer)
+
+        answers = await self._command("allowlist", allowlist, gone, on_answer=noted)
+        return {int(a[0]): int(a[1]) for a in answers if isinstance(a, tuple)}
+
+    def publish_site(self, site: str) -> None:
+        """The controller started, ended or changed ``site``'s curtailment: every front-end applies it."""
+        if self.sites is None:
+            return
+        state = self.sites.front_state(site, self.processes)
+        for slot in self.slots:
+            if slot.link is not None:
+                slot.link.send(Kind.COMMAND, (0, "site", (site, state)))
+
+    def close_sessions(self, sessions: list[int], reason: str, message: str) -> int:
+        """A curtailment's paced closes (the pace is the controller's, for the whole pool): each session to
+        the front-end that holds it. They leave the site book now, so the next tick names others."""
+        by_process: dict[int, list[int]] = {}
+        for gid in sessions:
+            index, sid = split_id(gid)
+            by_process.setdefault(index, []).append(sid)
+        count = 0
+        for index, sids in by_process.items():
+            link = self.slots[index].link if 0 <= index < self.processes else None
+            if link is not None:
+                link.send(Kind.COMMAND, (0, "close_sessions", (sids, reason, message)))
+                count += len(sids)
+        if self.sites is not None:
+            for gid in sessions:
+                self.sites.closed(gid)
+        return count
 
     def reload_tls(self) -> bool:
         if self.config.stratum.tls_port is None:

@@ -41,12 +41,14 @@ class Kind(IntEnum):
     FOUND = 11  # (f) a block was found (FoundBlock without its hex): the coordinator's view and a new template
     READY = 12  # (f) listening: (port, tls_port)
     REFUSED = 13  # (c) this front-end is not wanted (bad token, index taken): it exits
+    SITES = 14  # (f) batch of site events: logins, shares, closes, refusals (pool/programme/remote.py)
+    EVENT = 15  # (f) (what, value): an allowlist drain finished in this front-end
 
 
 # New tip; new work (a broadcast: adopt it even if it looks like the current work, the coordinator renewed it on
 # purpose) or the current work again (to a front-end that (re)joins); coordinator's monotonic clock when sent.
 TEMPLATE_HEAD = struct.Struct(">??d")
-BATCHED = frozenset({Kind.OPS, Kind.ACKS, Kind.RELEASED, Kind.CLAIMED})
+BATCHED = frozenset({Kind.OPS, Kind.ACKS, Kind.RELEASED, Kind.CLAIMED, Kind.SITES})
 
 
 class FrameError(Exception):
