@@ -187,6 +187,10 @@ class SiteBook:
 
     # ---- views ---------------------------------------------------------------------------------------------
 
+    def logins(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(site, workers logged in) of each open session."""
+        return list(self._sessions.values())
+
     def _worker(self, state: SiteState, worker: str, worker_name: str, now: float) -> SiteWorker:
         seen = state.workers.get(worker)
         if seen is None:

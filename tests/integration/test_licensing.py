@@ -18,6 +18,7 @@ import pytest
 
 from pool.node.regtest import free_port
 from tests.conftest import running_pool
+from tests.support import live
 from tests.support.chain import arpc, connect_miner, wait_until
 from tests.support.miner import TestMiner as Miner
 
@@ -38,8 +39,9 @@ def audit(app: Any, kind: str) -> list[dict[str, Any]]:
     return [json.loads(e.payload) for e in app.ledger.audit_entries() if e.kind == kind]
 
 
-def metric(app: Any, name: str, labels: dict[str, str] | None = None) -> float:
-    return app.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+async def metric(app: Any, name: str, labels: dict[str, str] | None = None) -> float:
+    """From every Stratum process (the merged registry /metrics renders)."""
+    return await live.metric(app, name, labels) or 0.0
 
 
 async def addresses(node: Any, n: int) -> list[str]:
@@ -80,9 +82,9 @@ async def test_unlisted_address_is_refused_with_error_24(regtest, tmp_path: Path
         finally:
             await ok.close()
             await refused.close()
-        assert metric(app, "pool_authorize_refusals_total", {"reason": "not-allowlisted"}) == 1
-        assert metric(app, "pool_authorize_refusals_total", {"reason": "invalid-username"}) == 1
-        assert metric(app, "pool_allowlist_entries") == 1
+        assert await metric(app, "pool_authorize_refusals_total", {"reason": "not-allowlisted"}) == 1
+        assert await metric(app, "pool_authorize_refusals_total", {"reason": "invalid-username"}) == 1
+        assert await metric(app, "pool_allowlist_entries") == 1
         loaded = audit(app, "allowlist_loaded")
         assert len(loaded) == 1 and loaded[0]["entries"] == 1 and loaded[0]["mode"] == "allowlist"
 
@@ -130,9 +132,9 @@ async def test_reload_adds_removes_and_drains_paced(regtest, tmp_path: Path):
             await stays.close()
             for miner in leaving:
                 await miner.close()
-        assert metric(app, "pool_allowlist_drained_sessions_total") == 3
-        assert metric(app, "pool_allowlist_reloads_total", {"result": "ok"}) == 1
-        assert metric(app, "pool_share_rejects_total", {"reason": "unlicensed"}) >= 1
+        assert await metric(app, "pool_allowlist_drained_sessions_total") == 3
+        assert await metric(app, "pool_allowlist_reloads_total", {"result": "ok"}) == 1
+        assert await metric(app, "pool_share_rejects_total", {"reason": "unlicensed"}) >= 1
         reloaded = audit(app, "allowlist_reloaded")
         assert len(reloaded) == 1
         entry = reloaded[0]
@@ -159,10 +161,10 @@ async def test_bad_file_on_reload_is_refused_and_the_old_list_kept(regtest, tmp_
         allowlist.unlink()
         status, body = await post(app.http.port, "/admin/allowlist/reload")
         assert status == 422 and "cannot read" in body["error"], body
-        assert metric(app, "pool_allowlist_reloads_total", {"result": "refused"}) == 2
+        assert await metric(app, "pool_allowlist_reloads_total", {"result": "refused"}) == 2
         refused = audit(app, "allowlist_reload_refused")
         assert len(refused) == 2 and "line 2" in refused[0]["error"]
-        assert metric(app, "pool_allowlist_entries") == 1
+        assert await metric(app, "pool_allowlist_entries") == 1
 
 
 async def test_sighup_reloads_the_allowlist_of_pool_run(regtest, tmp_path: Path):
