@@ -67,7 +67,8 @@ class StratumConfig:
     tls_port: int | None = None  # None: no TLS listener; 0: any free port
     tls_cert: str = ""
     tls_key: str = ""
-    # Stratum front-end processes (pool/server/frontends.py): 1 keeps everything in one process.
+    # Stratum front-end processes (pool/server/frontends.py): 1 keeps everything in one process. A config
+    # file that does not set it (or sets 0) gets one per core (config.cores()); this value is for code.
     processes: int = 1
     proxy_protocol: bool = False  # every connection starts with a PROXY protocol v1/v2 header (load balancer)
     proxy_trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # source networks allowed to send one
@@ -338,7 +339,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         tls_port=s.optional_integer("tls_port", 0, 65535),
         tls_cert=s.string("tls_cert", ""),
         tls_key=s.string("tls_key", ""),
-        processes=s.integer("processes", 1, 1, MAX_PROCESSES),
+        processes=s.integer("processes", 0, 0, MAX_PROCESSES) or cores(),
         proxy_protocol=s.boolean("proxy_protocol", False),
         proxy_trusted=_networks(s, "proxy_trusted", ("127.0.0.0/8", "::1/128")),
     )
@@ -443,6 +444,15 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError("an admin token is set but metrics.enabled = false and admin.port is not set:"
                           " set admin.port to serve the admin API on a listener of its own")
     return config
+
+
+def cores() -> int:
+    """``stratum.processes = 0`` (the default): one Stratum process per core this process may run on."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    return max(1, min(count, MAX_PROCESSES))
 
 
 def process_bits(processes: int) -> int:

@@ -83,9 +83,9 @@ def pool_config(node: RegtestNode, data_dir: Path, /, **overrides: dict) -> obje
         "metrics": {"port": 0},
         "logging": {"level": "warning", "format": "json"},
     }
-    # POOL_TEST_PROCESSES=2 runs the in-process pools of the suite as front-end processes + coordinator.
-    if os.environ.get("POOL_TEST_PROCESSES"):
-        raw["stratum"]["processes"] = int(os.environ["POOL_TEST_PROCESSES"])
+    # One process unless POOL_TEST_PROCESSES=2 (the in-process pools of the suite as front-end processes +
+    # coordinator): many tests read the one process's objects (sessions, job book, its metrics registry).
+    raw["stratum"]["processes"] = int(os.environ.get("POOL_TEST_PROCESSES") or 1)
     for section, values in overrides.items():
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)

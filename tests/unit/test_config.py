@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from pool.config import (
     DifficultyConfig,
     NodeConfig,
     StratumConfig,
+    cores,
     embedded_default,
     load_config,
     parse_config,
@@ -54,7 +56,7 @@ def test_defaults() -> None:
     cfg = parse_config(minimal(), env={})
     assert isinstance(cfg, Config)
     assert cfg.node == NodeConfig()
-    assert cfg.stratum == StratumConfig()
+    assert cfg.stratum == dataclasses.replace(StratumConfig(), processes=cores())  # the file's default: per core
     assert cfg.difficulty == DifficultyConfig()
     assert cfg.node.network == "main"
     assert cfg.stratum.port == 3333 and cfg.stratum.version_mask == 0x1FFFE000
@@ -112,7 +114,7 @@ def test_wrong_type_names_key(raw: dict[str, Any], key: str) -> None:
         (minimal(stratum={"extranonce2_size": 1}), "stratum.extranonce2_size"),
         (minimal(stratum={"extranonce2_size": 17}), "stratum.extranonce2_size"),
         (minimal(stratum={"extranonce1_size": 9}), "stratum.extranonce1_size"),
-        (minimal(stratum={"processes": 0}), "stratum.processes"),
+        (minimal(stratum={"processes": -1}), "stratum.processes"),
         (minimal(stratum={"processes": 257}), "stratum.processes"),
         (minimal(stratum={"processes": "2"}), "stratum.processes"),
         (minimal(node_id=256), "node_id"),
@@ -308,7 +310,9 @@ def test_zmq_endpoint_accepted(endpoint: str) -> None:
 
 def test_processes_and_node_id() -> None:
     cfg = parse_config(minimal(), env={})
-    assert cfg.stratum.processes == 1 and cfg.node_id == 0
+    assert cfg.stratum.processes == cores() >= 1 and cfg.node_id == 0  # the default, 0: one per core
+    assert parse_config(minimal(stratum={"processes": 0}), env={}).stratum.processes == cores()
+    assert parse_config(minimal(stratum={"processes": 1}), env={}).stratum.processes == 1
     cfg = parse_config(minimal(node_id=7, stratum={"processes": 4}), env={})
     assert cfg.stratum.processes == 4 and cfg.node_id == 7
     # Enough room: 3 bytes, 2 processes, 32,768 connections per process.
