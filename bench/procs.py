@@ -148,7 +148,9 @@ class Pool:
                      "network": "main", "zmq_hashblock": info["zmq"], "refresh_interval": 110},
             "stratum": {"host": "127.0.0.1", "port": 0, "pool_tag": "/pool-bench/", "submit_rate": 1e6,
                         "submit_burst": 1e7, "invalid_share_limit": 1_000_000, "connect_rate_per_ip": 1e6,
-                        "connect_burst_per_ip": 1e7, "max_connections_per_ip": 10_000_000},
+                        "connect_burst_per_ip": 1e7, "max_connections_per_ip": 10_000_000,
+                        # One process unless --set stratum.processes=N: the baselines and README figures are N = 1.
+                        "processes": 1},
             "difficulty": {"start": 1.0, "min": 1e-12, "max": 1e18},
             "payout": {"scheme": "pplns", "pool_address": POOL_ADDRESS},
             "metrics": {"enabled": False},
