@@ -23,6 +23,20 @@ def _bitcoind_dir() -> Path:
         pytest.skip(str(exc))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With POOL_TEST_PROCESSES >= 2, tests marked ``one_process`` are skipped with their reason: they read or
+    patch objects that live in the one Stratum process (its sessions, guard, job book, block submitter), which
+    are in the front-end processes then. What they test is covered with several processes elsewhere or is the
+    same code per process."""
+    if int(os.environ.get("POOL_TEST_PROCESSES") or 1) < 2:
+        return
+    for item in items:
+        marker = item.get_closest_marker("one_process")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "reads objects of the one Stratum process"
+            item.add_marker(pytest.mark.skip(reason=f"one Stratum process only: {reason}"))
+
+
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
     """Every async test runs on uvloop, the loop ``pool run`` uses: its transports differ from asyncio's."""
     import uvloop

@@ -68,6 +68,7 @@ async def test_admin_routes_are_absent_without_a_token(regtest, tmp_path: Path):
             await miner.close()
 
 
+@pytest.mark.one_process("reads the one process's protocol settings (app.server._proto_config)")
 async def test_admin_needs_the_bearer_token(regtest, tmp_path: Path):
     async with running_pool(regtest, tmp_path / "pool", admin={"token": TOKEN}) as app:
         user = f"{await arpc(regtest, 'getnewaddress', wallet='pool')}.w"
@@ -115,6 +116,7 @@ async def test_admin_needs_the_bearer_token(regtest, tmp_path: Path):
     assert ok, message
 
 
+@pytest.mark.one_process("reads the one process's protocol settings (app.server._proto_config)")
 async def test_cross_site_browser_requests_are_refused(regtest, tmp_path: Path):
     async with running_pool(regtest, tmp_path / "pool", admin={"token": TOKEN}) as app:
         port = app.http.port
@@ -165,6 +167,7 @@ async def test_reconnect_allowlist_and_force(regtest, tmp_path: Path):
         assert entries[2]["params"]["force"] is True
 
 
+@pytest.mark.one_process("reads the one process's protocol settings (app.server._proto_config)")
 async def test_runtime_version_mask_outside_bip320_is_refused(regtest, tmp_path: Path):
     async with running_pool(regtest, tmp_path / "pool", admin={"token": TOKEN}) as app:
         for mask in ("ffffffff", "3fffe000", "00001000", "zz"):
@@ -173,6 +176,7 @@ async def test_runtime_version_mask_outside_bip320_is_refused(regtest, tmp_path:
         assert app.server._proto_config.pool_version_mask == 0x1FFFE000
 
 
+@pytest.mark.one_process("reads the one process's protocol settings (app.server._proto_config)")
 async def test_admin_on_its_own_listener(regtest, tmp_path: Path):
     async with running_pool(regtest, tmp_path / "pool", admin={"token": TOKEN, "port": 0}) as app:
         admin_port = app.http.admin_port

@@ -51,6 +51,7 @@ def audit_verify(ledger_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.one_process("patches or reads the one process's block submitter and metrics (front-ends submit blocks with N >= 2)")
 async def test_full_disk_at_the_block_file_never_stops_submission(regtest, tmp_path: Path, monkeypatch):
     app = PoolApp(await asyncio.to_thread(pool_config, regtest, tmp_path / "pool"))
     await app.start()
@@ -81,6 +82,7 @@ async def test_full_disk_at_the_block_file_never_stops_submission(regtest, tmp_p
         await app.stop()
 
 
+@pytest.mark.one_process("patches or reads the one process's block submitter and metrics (front-ends submit blocks with N >= 2)")
 async def test_bitcoind_down_long_around_a_found_block(fresh_regtest, tmp_path: Path):
     node = fresh_regtest
     config = await asyncio.to_thread(pool_config, node, tmp_path / "pool", payout={"maturity_check_interval": 0.5})
@@ -125,6 +127,7 @@ async def test_bitcoind_down_long_around_a_found_block(fresh_regtest, tmp_path: 
         await app.stop()
 
 
+@pytest.mark.one_process("patches or reads the one process's block submitter and metrics (front-ends submit blocks with N >= 2)")
 async def test_rejected_block_in_the_chain_gets_its_credits_back(regtest, tmp_path: Path):
     app = PoolApp(await asyncio.to_thread(pool_config, regtest, tmp_path / "pool",
                                           difficulty={"start": 1e-11, "min": 1e-12, "max": 1e6}))

@@ -266,6 +266,7 @@ async def test_nerdminer_v2(regtest, capped_app):
 
 # ---- cgminer 4.11 (session resume) -------------------------------------------------------------------------
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_cgminer_session_resume(regtest, pool_app):
     app = pool_app
     user = await _user(regtest, "cg")

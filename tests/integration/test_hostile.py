@@ -42,6 +42,7 @@ _code = error_code
 
 # ---- garbage, invalid JSON, wrong types --------------------------------------------------------------------
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_garbage_invalid_json_and_wrong_types(arena):
     before_invalid = arena.metric("pool_protocol_errors_total", {"kind": "invalid"})
     fw = await arena.client("garbage")
@@ -167,6 +168,7 @@ async def test_huge_integer_difficulty_is_answered_with_an_error(arena):
         await fw.close()
 
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_too_many_errors_closes_the_connection(arena):
     fw = await arena.client("error-spammer")
     try:
@@ -182,6 +184,7 @@ async def test_too_many_errors_closes_the_connection(arena):
 
 # ---- a 10 MB line ------------------------------------------------------------------------------------------
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_ten_megabyte_line_is_cut_off(arena):
     cap = arena.app.config.stratum.max_line_bytes
     before_fatal = arena.metric("pool_protocol_errors_total", {"kind": "fatal"})
@@ -223,6 +226,7 @@ async def _open_and_close(port: int) -> bool:
     return True
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_thousand_rapid_connects(arena):
     limited_before = arena.metric("pool_disconnects_total", {"reason": "limit"})
     connects_before = arena.metric("pool_connects_total")
@@ -249,6 +253,7 @@ async def test_thousand_rapid_connects(arena):
 
 # ---- submit before subscribe, unknown methods --------------------------------------------------------------
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_submit_before_subscribe_and_unknown_methods(arena):
     fw = await arena.client("early")
     try:
@@ -288,6 +293,7 @@ def _submit(req_id: int, worker: str, job_id: str, en2: str, ntime: str = "00000
             f'"{ntime}", "{nonce}"]}}')
 
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_submit_flood_of_junk(arena):
     fw = await arena.client("junk-flood")
     try:
@@ -308,6 +314,7 @@ async def test_submit_flood_of_junk(arena):
     await arena.finish()
 
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_submit_flood_is_rate_limited_in_order(arena):
     fw = await arena.client("stale-flood")
     try:
@@ -371,6 +378,7 @@ def _next_line_after(fw: FirmwareClient, index: int, skip: tuple[str, ...] = ("m
     return {}
 
 
+@pytest.mark.one_process("reads the one process's connection guard (app.server.guard)")
 async def test_invalid_share_escalation_then_ban(regtest, tmp_path: Path):
     limit = 5
     stratum = {"invalid_share_limit": limit, "strikes_to_ban": 2, "ban_seconds": 30,
@@ -464,6 +472,7 @@ async def test_reader_that_never_reads_is_dropped(arena):
 
 # ---- all of it at once ---------------------------------------------------------------------------------------
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_all_at_once(arena):
     """Garbage, a junk flood, a 10 MB line and a connect storm concurrently; the honest miner carries on."""
     garbage_fw, flood_fw, big_fw = [await arena.client(n) for n in ("all-garbage", "all-flood", "all-10MB")]

@@ -36,6 +36,7 @@ _code = error_code
 
 # ---- difficulty hint flood -------------------------------------------------------------------------------------
 
+@pytest.mark.one_process("reads the one process's job book")
 async def test_hint_flood_cannot_flood_the_job_book(arena):
     """100,000 suggest_difficulty hints (ids null and numbered, many values): a few re-send work at once, the rest
     are coalesced; the job book does not grow with hints and the honest miner's job is never evicted."""
@@ -186,6 +187,7 @@ async def _never_reading_amplifier(arena: Arena, txids: set[str]) -> int:
     return sent
 
 
+@pytest.mark.one_process("reads the one process's job book")
 async def test_get_transactions_amplifier_that_never_reads(regtest, tmp_path: Path):
     """64 KiB of get_transactions for a 1,000-transaction template (about 67 KB per answer) once queued 65 MB.
 
@@ -297,6 +299,7 @@ async def test_flood_nobody_reads_is_dropped_within_the_budget(regtest, tmp_path
 ADMIN_TOKEN = "hostile-test-admin-token-0123456789"
 
 
+@pytest.mark.one_process("reads the one process's protocol settings (app.server._proto_config)")
 async def test_admin_requests_without_wrong_and_right_token(regtest, tmp_path: Path):
     """Unauthenticated and wrongly authenticated admin requests change nothing and reach no miner; the right
     token works; the honest miner mines on throughout."""

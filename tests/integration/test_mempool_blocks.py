@@ -61,6 +61,7 @@ def _spend_each(node, utxos: list[dict]) -> list[str]:
     return batch_rpc(node, [("sendrawtransaction", [s["hex"]]) for s in signed])
 
 
+@pytest.mark.one_process("reads the one process's job book")
 async def test_mempool_of_200_txs_mined_through_pool(regtest, tmp_path: Path):
     from pool.app import PoolApp
 

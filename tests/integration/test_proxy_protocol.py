@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import running_pool
+from tests.support import live
 from tests.support import miner as miner_support
 from tests.support.chain import arpc, bits_target, ready_miner, solve_where, wait_until
 
@@ -76,10 +77,10 @@ async def closed_without_a_byte(port: int, first: bytes, timeout: float = 5.0) -
 
 
 def sample(app: Any, name: str, **labels: str) -> float:
-    value = app.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
+    return live.metric_now(app, name, labels) or 0.0  # every Stratum process's figures
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_limits_and_bans_apply_to_the_address_in_the_header(regtest, tmp_path: Path):
     stratum = {"proxy_protocol": True, "max_connections_per_ip": 2, "invalid_share_limit": 1,
                "strikes_to_ban": 1, "ban_seconds": 60, "connect_burst_per_ip": 1000}
@@ -131,6 +132,7 @@ async def test_limits_and_bans_apply_to_the_address_in_the_header(regtest, tmp_p
                 await m.close()
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_connections_without_a_valid_header_are_closed_and_counted(regtest, tmp_path: Path):
     async with running_pool(regtest, tmp_path / "pool", stratum={"proxy_protocol": True}) as app:
         port = app.server.port
@@ -156,6 +158,7 @@ async def test_connections_without_a_valid_header_are_closed_and_counted(regtest
         assert sample(app, "pool_proxy_headers_total", outcome="own-address") == 2
 
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_a_source_outside_proxy_trusted_is_refused(regtest, tmp_path: Path):
     stratum = {"proxy_protocol": True, "proxy_trusted": ["192.0.2.0/24"]}
     async with running_pool(regtest, tmp_path / "pool", stratum=stratum) as app:
@@ -164,6 +167,7 @@ async def test_a_source_outside_proxy_trusted_is_refused(regtest, tmp_path: Path
         assert app.server.sessions == {}
 
 
+@pytest.mark.one_process("reads counters right after the act (a front-end's figures reach the coordinator within a second)")
 async def test_a_header_that_never_completes_times_out(regtest, tmp_path: Path, monkeypatch):
     from pool.server import server as server_module
 
@@ -210,6 +214,7 @@ class BlockingTlsMiner:
             self.tls.close()
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_proxy_header_then_tls_on_the_tls_port(regtest, tmp_path: Path):
     """A TCP balancer in front of the TLS port: the header comes in clear before the handshake; the address in
     it is admitted before any handshake (a banned one gets none) and is the session's."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pool_config
+from tests.support import live
 from tests.support.chain import (
     arpc,
     connect_miner,
@@ -101,6 +102,7 @@ async def test_health_reports_bitcoind_down_promptly(fresh_regtest, tmp_path: Pa
         await app.stop()
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_handshake_deadlines_close_silent_connections(regtest, tmp_path):
     """One sweep enforces every connection's deadline (no timer per connection): a client that never subscribes,
     and one that subscribes but never logs in, are closed with their reason, while a miner carries on."""
@@ -113,7 +115,7 @@ async def test_handshake_deadlines_close_silent_connections(regtest, tmp_path):
     miner = None
     try:
         def closed(reason: str) -> float:
-            return app.metrics.registry.get_sample_value("pool_disconnects_total", {"reason": reason}) or 0.0
+            return live.metric_now(app, "pool_disconnects_total", {"reason": reason}) or 0.0
 
         silent_r, silent_w = await asyncio.open_connection("127.0.0.1", app.server.port)
         shy_r, shy_w = await asyncio.open_connection("127.0.0.1", app.server.port)
@@ -136,6 +138,7 @@ async def test_handshake_deadlines_close_silent_connections(regtest, tmp_path):
         await app.stop()
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_accepted_sockets_have_keepalive_and_no_delay(regtest, pool_app):
     """Set once on the listening socket and inherited by every accepted one (no per-connection syscalls)."""
     import socket
@@ -150,6 +153,7 @@ async def test_accepted_sockets_have_keepalive_and_no_delay(regtest, pool_app):
         await miner.close()
 
 
+@pytest.mark.one_process("patches the one process's sessions to watch reading pause")
 async def test_many_shares_in_flight_pause_reading_and_answer_in_order(regtest, pool_app, monkeypatch):
     """Accepted shares are answered at their commit, several in flight per connection; past the cap the
     connection's reading pauses until replies are settled, then resumes. Replies keep the request order."""

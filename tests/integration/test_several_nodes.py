@@ -52,6 +52,7 @@ def two_nodes(tmp_path: Path, bitcoind_dir: Path):
             node.stop()
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_active_node_killed_while_mining_fails_over_without_losing_a_block(two_nodes, tmp_path: Path):
     a, b = two_nodes
     await connect(a, b)
@@ -106,6 +107,7 @@ async def test_active_node_killed_while_mining_fails_over_without_losing_a_block
             await miner.close()
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_a_node_whose_tip_is_behind_is_not_chosen(two_nodes, tmp_path: Path):
     a, b = two_nodes  # not connected yet: b mines two blocks a does not have
     await arpc(b, "generatetoaddress", 2, await arpc(b, "getnewaddress", wallet="pool"))
@@ -133,6 +135,7 @@ async def test_a_node_whose_tip_is_behind_is_not_chosen(two_nodes, tmp_path: Pat
             await miner.close()
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_a_hung_active_node_is_left_within_one_refresh_interval(two_nodes, tmp_path: Path):
     """SIGSTOP: the node keeps its sockets open and answers nothing (a hung bitcoind). The health probe times
     out, the pool switches, and a fetch parked on the hung node does not wait for its RPC timeout."""

@@ -47,6 +47,7 @@ def impatient_node(tmp_path: Path, bitcoind_dir: Path):
         node.stop()
 
 
+@pytest.mark.one_process("patches or reads the one process's block submitter and metrics (front-ends submit blocks with N >= 2)")
 async def test_stale_keepalive_connection_is_not_bitcoind_down(impatient_node, tmp_path: Path):
     node = impatient_node
     config = await asyncio.to_thread(pool_config, node, tmp_path / "pool")

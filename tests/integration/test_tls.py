@@ -84,6 +84,7 @@ async def test_tls_miner_mines_a_block(regtest, tmp_path: Path):
             await miner.close()
 
 
+@pytest.mark.one_process("reads the one process's sessions (app.server.sessions)")
 async def test_plain_tcp_on_the_tls_port_is_closed_and_harms_nobody(regtest, tmp_path: Path):
     async with tls_pool(regtest, tmp_path) as (app, cert, _):
         user = f"{await arpc(regtest, 'getnewaddress', wallet='pool')}"
@@ -145,6 +146,7 @@ async def answer_to_hello(port: int, hello: bytes) -> bytes:
     return data
 
 
+@pytest.mark.one_process("reads the one process's connection guard (app.server.guard)")
 async def test_a_banned_address_is_closed_before_any_tls_handshake(regtest, tmp_path: Path):
     """A handshake costs the pool an asymmetric-key operation: a banned address, or one over its limits, must
     not get one. Its connection is closed before the pool answers the ClientHello."""
@@ -158,6 +160,7 @@ async def test_a_banned_address_is_closed_before_any_tls_handshake(regtest, tmp_
         assert app.metrics.registry.get_sample_value("pool_disconnects_total", {"reason": "banned"}) == 1
 
 
+@pytest.mark.one_process("reads StratumServer.reload_tls's answer (with N >= 2 each front-end reloads on its own and refuses a broken pair, logged)")
 async def test_certificate_reload_applies_to_new_connections(regtest, tmp_path: Path):
     async with tls_pool(regtest, tmp_path) as (app, cert, key):
         user = f"{await arpc(regtest, 'getnewaddress', wallet='pool')}.tls"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import pool_config
+from tests.support import live
 from tests.support import miner as support_miner
 from tests.support.chain import (
     arpc,
@@ -110,7 +111,8 @@ class Arena:
         self.start_height = 0
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        return self.app.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+        # The merged registry /metrics renders: every Stratum process's figures (at most a second old).
+        return live.metric_now(self.app, name, labels) or 0.0
 
     async def client(self, name: str) -> FirmwareClient:
         return await FirmwareClient(name).connect(self.port)
