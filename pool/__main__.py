@@ -39,19 +39,56 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("action", choices=("verify", "export"))
     audit.add_argument("--format", choices=("csv", "json"), default="csv")
     ledger_args(audit)
+    ledger = sub.add_parser("ledger", help="ledger maintenance")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    migrate = ledger_sub.add_parser("migrate", help="copy a SQLite ledger into an empty PostgreSQL database and"
+                                    " verify the audit chain there (password: POOL_LEDGER_PASSWORD or"
+                                    " --password-file)")
+    migrate.add_argument("--from", dest="source", required=True, help="sqlite:PATH")
+    migrate.add_argument("--to", dest="target", required=True, help="postgresql://user@host:port/db")
+    migrate.add_argument("--password-file", help="file holding the PostgreSQL password")
     return parser
 
 
-def _ledger_path(args: argparse.Namespace) -> Path:
+def _ledger_path(args: argparse.Namespace) -> object:
+    """The ledger to read: ``--ledger`` (a SQLite path or a postgresql:// URL), else the config's, else the
+    embedded mode's file."""
     if args.ledger:
-        return Path(args.ledger)
+        return args.ledger if args.ledger.startswith(("postgresql://", "postgres://")) else Path(args.ledger)
     if args.config:
-        return load_config(args.config).ledger_file
+        return load_config(args.config).ledger_source
     return embedded_default(args.data_dir).ledger_file
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from pool.ledger import pg
+    from pool.ledger.schema import SchemaError
+    from pool.ledger.transfer import MigrationError, migrate_sqlite_to_pg
+
+    if not args.source.startswith("sqlite:"):
+        print("pool: --from must be sqlite:PATH", file=sys.stderr)
+        return 2
+    if not pg.is_url(args.target):
+        print("pool: --to must be a postgresql:// URL", file=sys.stderr)
+        return 2
+    if pg.has_password(args.target):
+        print("pool: --to holds a password: give it in POOL_LEDGER_PASSWORD or --password-file", file=sys.stderr)
+        return 2
+    try:
+        password = pg.read_password(args.password_file)
+        result = migrate_sqlite_to_pg(Path(args.source[len("sqlite:"):]),
+                                      pg.PgTarget(args.target, password))
+    except (MigrationError, SchemaError, pg.Error, OSError) as exc:
+        print(f"pool: ledger migrate failed: {pg.redact(str(exc))}", file=sys.stderr)
+        return 1
+    print(("pool: " if result.ok else "pool: ledger migrate failed: ") + result.message,
+          file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
 
 
 def _report(args: argparse.Namespace) -> int:
     from pool import reports
+    from pool.ledger import pg
 
     path = _ledger_path(args)
     try:
@@ -67,8 +104,8 @@ def _report(args: argparse.Namespace) -> int:
             "blocks": lambda: reports.blocks(path),
             "payouts": lambda: reports.payouts(path, args.by),
         }[args.command]()
-    except FileNotFoundError as exc:
-        print(f"pool: {exc}", file=sys.stderr)
+    except (FileNotFoundError, pg.Error) as exc:
+        print(f"pool: {pg.redact(str(exc))}", file=sys.stderr)
         return 1
     print(reports.render(table, args.json))
     return 0
@@ -123,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("workers", "blocks", "payouts", "audit"):
             return _report(args)
+        if args.command == "ledger":
+            return _migrate(args)
         if args.command == "check-config":
             load_config(args.config)
             print(f"{args.config}: OK")

@@ -13,6 +13,7 @@ from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
+from pool.ledger.leader import Leadership, lock_for
 from pool.ledger.sqlite import Ledger
 from pool.mining.jobs import BlockTemplate
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
@@ -46,6 +47,7 @@ class PoolApp:
         self.http: HttpApi | None = None
         self.maturity: MaturityTracker | None = None
         self.payments: PaymentProcessor | None = None
+        self.leadership: Leadership | None = None
         self.wallet: NodeClient | None = None
         self.submit_clients: list[NodeClient] = []
         self.started_at = time.time()
@@ -89,7 +91,7 @@ class PoolApp:
             raise RuntimeError(f"node.network is {cfg.node.network!r} but bitcoind runs chain {chain!r}")
         pool_script = address_to_script(self.pool_address, cfg.node.network) if self.pool_address else None
         pc = cfg.payout
-        self.ledger = Ledger(cfg.ledger_file, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
+        self.ledger = Ledger(cfg.ledger_source, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
         self.ledger.on_commit = self._on_commit
         self.ledger.on_failure = lambda exc: self._on_task_failure("ledger-writer", exc)
         # Block submission has connections and a thread of its own: never behind template or payment RPC.
@@ -132,7 +134,10 @@ class PoolApp:
         sup.start("loop-lag", self._loop_lag, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
                                         on_change=self._on_block_status, in_flight=self.submitter.unresolved)
-        sup.start("maturity", self.maturity.run)
+        # Maturity and payments run in one process per ledger: the holder of its leader lock.
+        self.leadership = Leadership(lock_for(cfg.ledger_source))
+        sup.start("ledger-leader", self.leadership.run)
+        sup.start("maturity", self.leadership.gated(self.maturity.run))
         if pc.payments_enabled:
             wallet_url = creds.url.rstrip("/") + (f"/wallet/{pc.wallet}" if pc.wallet else "")
             wallet_creds = RpcCredentials(wallet_url, creds.user, creds.password, creds.cookie_file)
@@ -140,7 +145,7 @@ class PoolApp:
                                      on_stale=lambda m: stale(m).inc())
             self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
                                              pc.payment_grace)
-            sup.start("payments", self.payments.run)
+            sup.start("payments", self.leadership.gated(self.payments.run))
 
     def _on_task_failure(self, task: str, error: BaseException | None) -> None:
         """Supervisor and ledger hook (any thread): every background failure is counted by task."""

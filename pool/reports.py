@@ -1,7 +1,8 @@
 """Operator reports read from the ledger: workers, blocks, payouts, and the audit log (verify, export).
 
-Plain SQLite reads, so they work on a live pool's ledger (WAL readers never block the writer) and on a copy
-handed to an auditor.
+Plain read-only queries, so they work on a live pool's ledger (SQLite WAL readers and PostgreSQL readers never
+block the writer) and on a copy handed to an auditor. ``source`` is a SQLite path, a ``postgresql://`` URL or a
+``pg.PgTarget`` (URL and password).
 """
 
 from __future__ import annotations
@@ -9,28 +10,26 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
+from pool.ledger import dialect
 from pool.ledger.book import AuditEntry, read_audit, verify
+from pool.ledger.pg import LedgerSource, open_reader
 from pool.ledger.rollup import totals_sql as share_totals_sql
 
 Table = tuple[list[str], list[tuple[Any, ...]]]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no ledger at {path}")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def _connect(path: LedgerSource) -> Any:
+    return open_reader(path)
 
 
-def workers(path: Path) -> Table:
+def workers(path: LedgerSource) -> Table:
     """Per worker: shares and difficulty (rolled-up hours plus the rows still kept), blocks and credits."""
     with closing(_connect(path)) as conn:
         rows = conn.execute(
-            "SELECT s.address, s.worker, s.shares, s.difficulty, datetime(s.last_ts, 'unixepoch'),"
+            f"SELECT s.address, s.worker, s.shares, s.difficulty, {dialect.of(conn).datetime('s.last_ts')},"
             " (SELECT COUNT(*) FROM blocks b WHERE b.address = s.address AND b.worker = s.worker),"
             " COALESCE((SELECT SUM(amount) FROM credits c WHERE c.address = s.address AND c.worker = s.worker"
             "   AND c.status IN ('payable', 'onchain')), 0),"
@@ -41,17 +40,17 @@ def workers(path: Path) -> Table:
     return ["address", "worker", "shares", "difficulty", "last_share", "blocks", "credited_sats", "pending_sats"], rows
 
 
-def blocks(path: Path) -> Table:
+def blocks(path: LedgerSource) -> Table:
     with closing(_connect(path)) as conn:
         rows = conn.execute(
             "SELECT height, block_hash, address || CASE WHEN worker != '' THEN '.' || worker ELSE '' END,"
-            " reward, fee, scheme, status, confirmations, datetime(found_at, 'unixepoch')"
+            f" reward, fee, scheme, status, confirmations, {dialect.of(conn).datetime('found_at')}"
             " FROM blocks ORDER BY height DESC, found_at DESC"
         ).fetchall()
     return ["height", "hash", "finder", "reward_sats", "fee_sats", "scheme", "status", "confirmations", "found"], rows
 
 
-def payouts(path: Path, by: str = "address") -> Table:
+def payouts(path: LedgerSource, by: str = "address") -> Table:
     """Credits, payments and balance per payout address (or per worker)."""
     with closing(_connect(path)) as conn:
         if by == "worker":
@@ -81,12 +80,12 @@ def payouts(path: Path, by: str = "address") -> Table:
             "paid_in_coinbase_sats"], rows
 
 
-def audit_entries(path: Path) -> list[AuditEntry]:
+def audit_entries(path: LedgerSource) -> list[AuditEntry]:
     with closing(_connect(path)) as conn:
         return read_audit(conn)
 
 
-def audit_verify(path: Path) -> tuple[bool, str]:
+def audit_verify(path: LedgerSource) -> tuple[bool, str]:
     """Check the hash chain and that every block's credits plus fee equal its reward."""
     result = verify(audit_entries(path))
     if not result.ok:
@@ -102,7 +101,7 @@ def audit_verify(path: Path) -> tuple[bool, str]:
     return True, f"audit log OK: {result.entries} entries, chain intact, every block balances"
 
 
-def audit_export(path: Path, fmt: str) -> str:
+def audit_export(path: LedgerSource, fmt: str) -> str:
     entries = audit_entries(path)
     if fmt == "json":
         return json.dumps(

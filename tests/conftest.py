@@ -35,6 +35,49 @@ def bitcoind_dir() -> Path:
     return _bitcoind_dir()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the whole run (skipped with the reason when PostgreSQL is not
+    installed, except on CI, where it must be: scripts/setup.sh installs it)."""
+    from tests.support.postgres import PostgresNotFound, start_cluster
+
+    try:
+        cluster = start_cluster()
+    except PostgresNotFound as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_backend(request: pytest.FixtureRequest) -> str:
+    """Run the test on both ledger backends."""
+    return str(request.param)
+
+
+@pytest.fixture
+def ledger_target(ledger_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Where a test's ledger lives: a factory ``name -> Path | URL``, a new SQLite file or a new PostgreSQL
+    database per name (dropped at the end)."""
+    made: list[str] = []
+    cluster = request.getfixturevalue("pg_cluster") if ledger_backend == "postgresql" else None
+
+    def target(name: str = "ledger.sqlite3") -> Path | str:
+        if cluster is None:
+            return tmp_path / name
+        url = cluster.create_database()
+        made.append(url)
+        return url
+
+    yield target
+    for url in made:
+        cluster.drop_database(url)
+
+
 def start_node(tmp_path: Path, bin_dir: Path, extra_args: tuple[str, ...] = ()) -> RegtestNode:
     node = RegtestNode(tmp_path, bin_dir, extra_args=extra_args)
     node.start()

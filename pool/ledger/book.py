@@ -1,4 +1,5 @@
-"""Ledger operations on an open SQLite connection, each run inside the writer's transaction.
+"""Ledger operations on an open connection (SQLite, or PostgreSQL through ``pg.PgConnection``), each run inside
+the writer's transaction. The SQL is the subset both engines run (see ``dialect.py``).
 
 The accounting itself lives in ``accounting.py`` (pure); this module only reads the rows it needs, calls it,
 and writes the results plus their audit entries. Every state change of a block, credit or payment appends
@@ -192,7 +193,8 @@ def audit(conn: sqlite3.Connection, kind: str, payload: dict[str, Any]) -> str:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a ledger file written by an older version up to this schema (run once at open, idempotent)."""
+    """Bring a SQLite ledger file written before schema versioning up to this schema (idempotent); later changes
+    are numbered steps in ``schema.MIGRATIONS``."""
     window.migrate(conn)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(credits)")}
     # Each column on its own: a crash between two ALTERs (autocommit) must not leave one missing for good.
@@ -211,13 +213,12 @@ def insert_share(conn: sqlite3.Connection, policy: Policy, s: Any, network_diffi
     if not (isinstance(s.difficulty, (int, float)) and math.isfinite(s.difficulty) and s.difficulty > 0):
         raise ValueError(f"share difficulty must be a positive number, not {s.difficulty!r}")
     cum, wcum = window.next_totals(conn, s.address, s.worker, s.difficulty)
-    cur = conn.execute(
+    share_id = int(conn.execute(
         "INSERT INTO shares (ts, address, worker, difficulty, share_difficulty, job_id, height, block_hash,"
-        " is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        " is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
         (s.ts, s.address, s.worker, s.difficulty, s.share_difficulty, s.job_id, s.height, s.block_hash,
          int(s.is_block), cum, wcum),
-    )
-    share_id = int(cur.lastrowid or 0)
+    ).fetchone()[0])
     if policy.scheme in ("pps", "fpps") and network_difficulty > 0:
         fees = expected_fees if policy.scheme == "fpps" else 0
         amount = pps_value(s.difficulty, network_difficulty, subsidy, policy.fee_bp, fees)
@@ -302,7 +303,11 @@ def balances(conn: sqlite3.Connection) -> dict[str, int]:
 
 
 def create_payments(conn: sqlite3.Connection, batch: str, threshold: int) -> list[tuple[str, int]]:
-    """Record, before anything is sent, a payment for every address at or above the threshold."""
+    """Record, before anything is sent, a payment for every address at or above the threshold; nothing while
+    an earlier batch is still ``sending`` (its outcome unknown). Checked inside the write transaction, so two
+    pool nodes sharing one ledger can never both start a batch for the same balances."""
+    if conn.execute("SELECT 1 FROM payments WHERE status='sending' LIMIT 1").fetchone() is not None:
+        return []
     due = sorted((a, v) for a, v in balances(conn).items() if v >= threshold and v > 0)
     now = time.time()
     for address, amount in due:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
-from pool.ledger import window
+from pool.ledger import dialect, window
 
 BATCH = 10_000
 KEEP_SECONDS = 86_400.0
@@ -77,13 +77,17 @@ def rollup_batch(conn: sqlite3.Connection, below: int, batch: int = BATCH) -> in
     row = conn.execute("SELECT id FROM shares WHERE id < ? ORDER BY id LIMIT 1 OFFSET ?",
                        (below, batch - 1)).fetchone()
     upper = int(row[0]) if row else below - 1
+    d = dialect.of(conn)
+    hour = d.hour("ts")
     conn.execute(
         "INSERT INTO share_rollup (address, worker, hour, shares, difficulty, first_id, last_id, last_ts)"
-        " SELECT address, worker, CAST(ts / 3600 AS INTEGER), COUNT(*), SUM(difficulty), MIN(id), MAX(id), MAX(ts)"
-        " FROM shares WHERE id <= ? GROUP BY address, worker, CAST(ts / 3600 AS INTEGER)"
-        " ON CONFLICT (address, worker, hour) DO UPDATE SET shares = shares + excluded.shares,"
-        " difficulty = difficulty + excluded.difficulty, first_id = MIN(first_id, excluded.first_id),"
-        " last_id = MAX(last_id, excluded.last_id), last_ts = MAX(last_ts, excluded.last_ts)",
+        f" SELECT address, worker, {hour}, COUNT(*), SUM(difficulty), MIN(id), MAX(id), MAX(ts)"
+        f" FROM shares WHERE id <= ? GROUP BY address, worker, {hour}"
+        " ON CONFLICT (address, worker, hour) DO UPDATE SET shares = share_rollup.shares + excluded.shares,"
+        " difficulty = share_rollup.difficulty + excluded.difficulty,"
+        f" first_id = {d.least('share_rollup.first_id', 'excluded.first_id')},"
+        f" last_id = {d.greatest('share_rollup.last_id', 'excluded.last_id')},"
+        f" last_ts = {d.greatest('share_rollup.last_ts', 'excluded.last_ts')}",
         (upper,),
     )
     return conn.execute("DELETE FROM shares WHERE id <= ?", (upper,)).rowcount
@@ -116,7 +120,7 @@ def prune(conn: sqlite3.Connection, scheme: str, factor: float, network_difficul
 
 
 def _has_rollup(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='share_rollup'").fetchone() is not None
+    return conn.execute(dialect.of(conn).table_exists_sql(), ("share_rollup",)).fetchone() is not None
 
 
 def totals_sql(conn: sqlite3.Connection, where: str = "") -> str:
@@ -128,7 +132,7 @@ def totals_sql(conn: sqlite3.Connection, where: str = "") -> str:
         parts.append(f"SELECT address, worker, SUM(shares), SUM(difficulty), MAX(last_ts) FROM share_rollup {where}"
                      " GROUP BY address, worker")
     return ("SELECT address, worker, SUM(n) AS shares, SUM(d) AS difficulty, MAX(t) AS last_ts FROM ("
-            + " UNION ALL ".join(parts) + ") GROUP BY address, worker")
+            + " UNION ALL ".join(parts) + ") AS t GROUP BY address, worker")
 
 
 def share_totals(conn: sqlite3.Connection, address: str | None = None) -> list[tuple[Any, ...]]:
