@@ -59,96 +59,52 @@ def ledger_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def ledger_target(ledger_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """Where a test's ledger lives: a factory ``name -> Path | URL``, a new SQLite file or a new PostgreSQL
-    database per name (dropped at the end)."""
-    made: list[str] = []
-    cluster = request.getfixturevalue("pg_cluster") if ledger_backend == "postgresql" else None
+class LedgerTargets:
+    """Where a test's ledgers live: ``targets(name)`` is a new SQLite file or a new PostgreSQL database (its
+    URL) per call; ``copy(source, name)`` duplicates a closed ledger (SQLite backup / PostgreSQL template)."""
 
-    def target(name: str = "ledger.sqlite3") -> Path | str:
-        if cluster is None:
-            return tmp_path / name
-        url = cluster.create_database()
-        made.append(url)
+    def __init__(self, backend: str, tmp_path: Path, cluster: Any) -> None:
+        self.backend = backend
+        self._tmp = tmp_path
+        self._cluster = cluster
+        self._made: list[str] = []
+
+    @property
+    def is_pg(self) -> bool:
+        return self._cluster is not None
+
+    def __call__(self, name: str = "ledger.sqlite3") -> Path | str:
+        if self._cluster is None:
+            return self._tmp / name
+        url = self._cluster.create_database()
+        self._made.append(url)
         return url
 
-    yield target
-    for url in made:
-        cluster.drop_database(url)
+    def copy(self, source: Path | str, name: str) -> Path | str:
+        if self._cluster is None:
+            import sqlite3
 
+            dst = self._tmp / name
+            s, d = sqlite3.connect(source), sqlite3.connect(dst)
+            try:
+                s.backup(d)
+            finally:
+                s.close()
+                d.close()
+            return dst
+        url = self._cluster.create_database(template=str(source).rsplit("/", 1)[1])
+        self._made.append(url)
+        return url
 
-def start_node(tmp_path: Path, bin_dir: Path, extra_args: tuple[str, ...] = ()) -> RegtestNode:
-    node = RegtestNode(tmp_path, bin_dir, extra_args=extra_args)
-    node.start()
-    node.ensure_wallet("pool")
-    return node
-
-
-@pytest.fixture(scope="module")
-def regtest(tmp_path_factory: pytest.TempPathFactory, bitcoind_dir: Path) -> Iterator[RegtestNode]:
-    """One regtest node per test module, with a wallet named 'pool'."""
-    node = start_node(tmp_path_factory.mktemp("regtest"), bitcoind_dir)
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
-@pytest.fixture
-def fresh_regtest(tmp_path: Path, bitcoind_dir: Path) -> Iterator[RegtestNode]:
-    """A node of the test's own, for tests that stop, restart or reorganise it."""
-    node = start_node(tmp_path / "node", bitcoind_dir)
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
-def pool_config(node: RegtestNode, data_dir: Path, **overrides: dict) -> object:
-    """Config for an in-process pool on ``node``: Stratum on a free 127.0.0.1 port, tiny difficulty."""
-    from pool.config import parse_config
-
-    address = node.rpc("getnewaddress", wallet="pool")
-    raw: dict = {
-        "data_dir": str(data_dir),
-        "node": {
-            "rpc_url": node.rpc_url,
-            "rpc_user": node.user,
-            "rpc_password": node.password,
-            "network": "regtest",
-            "zmq_hashblock": node.zmq_endpoint,
-            "refresh_interval": 30,
-        },
-        "stratum": {"host": "127.0.0.1", "port": 0, "pool_tag": "/pool-test/"},
-        "difficulty": {"start": 1e-8, "min": 1e-10, "max": 1e6, "target_share_interval": 10},
-        "payout": {"scheme": "pplns", "pool_address": address},
-        "metrics": {"port": 0},
-        "logging": {"level": "warning", "format": "json"},
-    }
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            raw.setdefault(section, {}).update(values)
-        else:
-            raw[section] = values
-    return parse_config(raw, env={})
-
-
-@contextlib.asynccontextmanager
-async def running_pool(node: RegtestNode, data_dir: Path, **overrides: Any) -> AsyncIterator[Any]:
-    """An in-process pool on ``node`` (``pool_config`` with ``overrides``), stopped on the way out."""
-    from pool.app import PoolApp
-
-    app = PoolApp(await asyncio.to_thread(pool_config, node, data_dir, **overrides))
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
+    def cleanup(self) -> None:
+        for url in self._made:
+            self._cluster.drop_database(url)
 
 
 @pytest.fixture
-async def pool_app(regtest: RegtestNode, tmp_path: Path) -> AsyncIterator[object]:
-    """A running pool on the module's regtest node."""
-    async with running_pool(regtest, tmp_path / "pool") as app:
-        yield app
+def ledger_target(ledger_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LedgerTargets]:
+    """Where the test's ledgers live, on the backend the test is parametrized with."""
+    cluster = request.getfixturevalue("pg_cluster") if ledger_backend == "postgresql" else None
+    targets = LedgerTargets(ledger_backend, tmp_path, cluster)
+    yield targets
+    targets.cleanup()

@@ -99,10 +99,10 @@ class PgCluster:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(sql)  # type: ignore[arg-type]
 
-    def create_database(self, prefix: str = "t") -> str:
-        """A new empty database; returns its URL."""
+    def create_database(self, prefix: str = "t", template: str | None = None) -> str:
+        """A new database (empty, or a copy of ``template``, which nobody may be connected to); its URL."""
         name = f"{prefix}_{os.getpid()}_{next(self._names)}"
-        self.admin(f"CREATE DATABASE {name}")
+        self.admin(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
