@@ -108,3 +108,79 @@ def ledger_target(ledger_backend: str, tmp_path: Path, request: pytest.FixtureRe
     targets = LedgerTargets(ledger_backend, tmp_path, cluster)
     yield targets
     targets.cleanup()
+
+
+def start_node(tmp_path: Path, bin_dir: Path, extra_args: tuple[str, ...] = ()) -> RegtestNode:
+    node = RegtestNode(tmp_path, bin_dir, extra_args=extra_args)
+    node.start()
+    node.ensure_wallet("pool")
+    return node
+
+
+@pytest.fixture(scope="module")
+def regtest(tmp_path_factory: pytest.TempPathFactory, bitcoind_dir: Path) -> Iterator[RegtestNode]:
+    """One regtest node per test module, with a wallet named 'pool'."""
+    node = start_node(tmp_path_factory.mktemp("regtest"), bitcoind_dir)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def fresh_regtest(tmp_path: Path, bitcoind_dir: Path) -> Iterator[RegtestNode]:
+    """A node of the test's own, for tests that stop, restart or reorganise it."""
+    node = start_node(tmp_path / "node", bitcoind_dir)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def pool_config(node: RegtestNode, data_dir: Path, **overrides: dict) -> object:
+    """Config for an in-process pool on ``node``: Stratum on a free 127.0.0.1 port, tiny difficulty."""
+    from pool.config import parse_config
+
+    address = node.rpc("getnewaddress", wallet="pool")
+    raw: dict = {
+        "data_dir": str(data_dir),
+        "node": {
+            "rpc_url": node.rpc_url,
+            "rpc_user": node.user,
+            "rpc_password": node.password,
+            "network": "regtest",
+            "zmq_hashblock": node.zmq_endpoint,
+            "refresh_interval": 30,
+        },
+        "stratum": {"host": "127.0.0.1", "port": 0, "pool_tag": "/pool-test/"},
+        "difficulty": {"start": 1e-8, "min": 1e-10, "max": 1e6, "target_share_interval": 10},
+        "payout": {"scheme": "pplns", "pool_address": address},
+        "metrics": {"port": 0},
+        "logging": {"level": "warning", "format": "json"},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return parse_config(raw, env={})
+
+
+@contextlib.asynccontextmanager
+async def running_pool(node: RegtestNode, data_dir: Path, **overrides: Any) -> AsyncIterator[Any]:
+    """An in-process pool on ``node`` (``pool_config`` with ``overrides``), stopped on the way out."""
+    from pool.app import PoolApp
+
+    app = PoolApp(await asyncio.to_thread(pool_config, node, data_dir, **overrides))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+@pytest.fixture
+async def pool_app(regtest: RegtestNode, tmp_path: Path) -> AsyncIterator[object]:
+    """A running pool on the module's regtest node."""
+    async with running_pool(regtest, tmp_path / "pool") as app:
+        yield app
