@@ -244,6 +244,9 @@ class PoolApp:
         problems = list(self.supervisor.down())
         if self.ledger is not None and self.ledger.failure is not None:
             problems.append(f"ledger writer stopped ({self.ledger.failure!r}): shares cannot be recorded")
+        if self.ledger is not None and self.ledger.unavailable_since is not None:
+            problems.append(f"ledger database unreachable for {time.monotonic() - self.ledger.unavailable_since:.0f} s:"
+                            " shares are answered 'not recorded' until it is back")
         if self.source is None or not self.source.healthy:
             problems.append("bitcoind unreachable or giving no templates")
         if self.source is not None and self.source.fetched_at:

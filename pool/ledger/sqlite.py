@@ -38,6 +38,7 @@ from pool.ledger.book import AuditEntry
 log = structlog.get_logger("pool.ledger")
 
 Op = Callable[[Any], Any]  # called with a sqlite3.Connection or a pg.PgConnection
+RECONNECT_INTERVAL = 0.5  # PostgreSQL down: seconds between the writer's connection attempts
 IDLE_READERS = 4  # PostgreSQL: connections kept open for reads and run_sync (SQLite opens one per call)
 
 
@@ -103,6 +104,8 @@ class Ledger:
             self.dialect = dialect.POSTGRES
             self.errors = (pg.Error,)
         self._idle: list[Any] = []  # PostgreSQL reader connections kept for reuse
+        # PostgreSQL: since when (monotonic) the writer has had no connection; None while it has one.
+        self.unavailable_since: float | None = None
         self.policy = policy or book.Policy()
         self._queue: queue.Queue[tuple[Op | None, asyncio.Future[Any] | None, asyncio.AbstractEventLoop | None]] = (
             queue.Queue()
@@ -223,6 +226,7 @@ class Ledger:
         in_hand: list[Any] = []  # entries taken off the queue and not answered yet
         try:
             conn = self._connect() if self.url is None else self._reconnect(first=True)
+            next_connect = 0.0
             while True:
                 first = self._queue.get()
                 if first[0] is None:
@@ -240,8 +244,10 @@ class Ledger:
                         break
                     batch.append(entry)
                 start = time.monotonic()
-                if conn is None:  # PostgreSQL only: the last batch lost the connection
+                if conn is None and time.monotonic() >= next_connect:  # PostgreSQL: the connection was lost
                     conn = self._reconnect()
+                    if conn is None:  # down: refuse at once for a moment instead of a connect per batch
+                        next_connect = time.monotonic() + RECONNECT_INTERVAL
                 if conn is None:
                     results: list[tuple[Any, BaseException | None]] = [
                         (None, LedgerUnavailable(f"ledger database {self.where} unreachable")) for _ in batch]
@@ -251,6 +257,7 @@ class Ledger:
                         log.error("ledger_connection_lost", database=self.where, failed_writes=len(batch))
                         conn.close()
                         conn = None
+                        self.unavailable_since = self.unavailable_since or time.monotonic()
                 try:
                     if self.on_commit is not None:
                         self.on_commit(len(batch), time.monotonic() - start)
@@ -270,7 +277,9 @@ class Ledger:
         try:
             conn = self._connect()
         except pg.Error:
+            self.unavailable_since = self.unavailable_since or time.monotonic()
             return None
+        self.unavailable_since = None
         if not first:
             log.warning("ledger_connection_restored", database=self.where)
         return conn

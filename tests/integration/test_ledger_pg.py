@@ -1,0 +1,116 @@
+"""A PostgreSQL ledger's server restarted under a share flood (a real throwaway cluster of the test's own and a
+real regtest bitcoind): no acknowledged share lost, error 20 and never ``true`` while it is down, recovery
+without a pool restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import running_pool
+from tests.support.chain import bits_target, connect_miner, display_hash, share_target, solve_where
+from tests.support.postgres import PgCluster, PostgresNotFound, start_cluster
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARE_DIFF = 1e-11
+COIN = 100_000_000
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[PgCluster]:
+    """A cluster of the test's own, for tests that stop and start the server."""
+    try:
+        cluster = start_cluster()
+    except PostgresNotFound as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+# ---- PostgreSQL restart under load ----------------------------------------------------------------------------
+
+
+async def test_postgres_restart_under_load_loses_no_acknowledged_share(regtest, tmp_path: Path, own_cluster):
+    url = own_cluster.create_database()
+    miner_address = regtest.rpc("getnewaddress", wallet="pool")
+    overrides = {"difficulty": {"start": SHARE_DIFF, "min": 1e-12, "max": 1e6},
+                 "stratum": {"submit_rate": 1e6, "submit_burst": 1e7}, "ledger": {"url": url}}
+    async with running_pool(regtest, tmp_path / "pool", **overrides) as app:
+        miners = [await connect_miner(app.server.port, f"{miner_address}.m{i}", f"d={SHARE_DIFF}") for i in range(4)]
+        acked: dict[str, str] = {}  # share hash -> worker
+        replies: list[tuple[float, bool, int | None]] = []  # (monotonic time, true?, error code)
+        stop = asyncio.Event()
+
+        async def flood(miner) -> None:  # noqa: ANN001
+            while not stop.is_set():
+                job = miner.job
+                net_t = bits_target(job.nbits)
+                share_t = share_target(miner.job_difficulty.get(job.job_id, miner.difficulty))
+                en2, ntime, nonce, h = solve_where(miner, job, lambda v, lo=net_t, hi=share_t: lo < v <= hi)
+                params = [miner.username, job.job_id, en2.hex(), f"{ntime:08x}", f"{nonce:08x}"]
+                reply = await miner.request("mining.submit", params, timeout=30)
+                error = reply.get("error")
+                replies.append((time.monotonic(), reply.get("result") is True, error[0] if error else None))
+                if reply.get("result") is True:
+                    acked[display_hash(h)] = miner.username.partition(".")[2]
+                elif error is None or error[0] != 20:
+                    raise AssertionError(f"unexpected answer {reply}")
+                await asyncio.sleep(0.002)
+
+        tasks = [asyncio.create_task(flood(m)) for m in miners for _ in range(2)]
+        try:
+            await asyncio.sleep(1.5)
+            before = len(acked)
+            assert before > 20, f"flood too slow: {before}"
+            await asyncio.to_thread(own_cluster.stop, "immediate")  # a crash of the database server
+            down_at = time.monotonic()
+            await asyncio.sleep(2.0)
+            restart_at = time.monotonic()
+            down_replies = [r for r in replies if down_at + 0.3 < r[0] < restart_at]
+            assert down_replies, "no share was answered while PostgreSQL was down"
+            assert not any(ok for _, ok, _ in down_replies), "a share was answered true while PostgreSQL was down"
+            assert {code for _, _, code in down_replies} == {20}
+            assert app.readiness_problems(), "/readyz must say the ledger is unreachable"
+            await asyncio.to_thread(own_cluster.start)
+            deadline = time.monotonic() + 30
+            while not any(ok and t > restart_at for t, ok, _ in replies):
+                assert time.monotonic() < deadline, "no share accepted after PostgreSQL came back"
+                assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await asyncio.wait(tasks, timeout=10)
+            for t in tasks:
+                t.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for m in miners:
+                await m.close()
+        errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+        assert not errors, errors
+        assert not [p for p in app.readiness_problems() if "ledger" in p]
+        rows = app.ledger.query("SELECT block_hash, worker FROM shares")
+    in_ledger = dict(rows)
+    lost = [h for h in acked if h not in in_ledger]
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged shares missing after the restart"
+    assert all(in_ledger[h] == w for h, w in acked.items())
+    refused = sum(1 for _, ok, _ in replies if not ok)
+    print(f"\npg restart: acked={len(acked)} refused(20)={refused} rows={len(rows)}")
+    res = subprocess.run([sys.executable, "-m", "pool", "audit", "verify", "--ledger", url],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+

@@ -1,0 +1,217 @@
+"""The ledger on PostgreSQL with several processes and nodes (a real throwaway cluster): the leader lock
+(exactly one process runs maturity and payments; another takes over after ``kill -9``), two ledgers writing
+to one database (exact running totals, a block credited once, one payment batch), passwords (from the
+environment or a file, never shown), the schema version check on both backends, and ``pool ledger migrate``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pool.ledger import book, pg, window
+from pool.ledger.accounting import WindowShare, pplns_split
+from pool.ledger.book import Policy
+from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+COIN = 100_000_000
+
+
+# ---- the leader lock: exactly one process runs maturity and payments -------------------------------------------
+
+
+def _ticks(url: str) -> list[str]:
+    conn = pg.connect(url)
+    try:
+        rows = conn.execute("SELECT payload FROM audit WHERE kind='leader_tick' ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [json.loads(p)["node"] for (p,) in rows]
+
+
+def _runner(url: str, name: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.leader_runner", url, name], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc
+
+
+async def _wait_for(check, timeout: float) -> float:  # noqa: ANN001
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "timed out"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - start
+
+
+async def test_one_leader_at_a_time_and_takeover_after_kill9(pg_cluster):
+    url = pg_cluster.create_database()
+    first = _runner(url, "a")
+    second = None
+    try:
+        await _wait_for(lambda: "a" in _ticks(url), 15)
+        second = _runner(url, "b")
+        await asyncio.sleep(1.5)  # b waits: a holds the lock
+        assert set(_ticks(url)) == {"a"}
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        took = await _wait_for(lambda: "b" in _ticks(url), 10)
+        ticks = _ticks(url)
+        switch = ticks.index("b")
+        assert set(ticks[:switch]) == {"a"} and set(ticks[switch:]) == {"b"}, "two leaders at once"
+        print(f"\nleader takeover after kill -9: {took:.2f} s")
+        ledger = Ledger(url, rollup_interval=0)
+        try:
+            assert book.verify(ledger.audit_entries()).ok
+        finally:
+            ledger.close()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+# ---- several pool nodes on one database ----------------------------------------------------------------------
+
+
+def _share(address: str, worker: str, difficulty: float, h: str, is_block: bool = False) -> ShareRecord:
+    return ShareRecord(time.time(), address, worker, difficulty, difficulty, "j", 101, h, is_block)
+
+
+async def test_two_nodes_share_one_ledger(pg_cluster):
+    """Two ledgers (two pool nodes) record shares at once: the running totals stay exact (the PPLNS split
+    equals a full scan), a block recorded by both is credited once, and a payment batch is created once."""
+    url = pg_cluster.create_database()
+    policy = Policy("pplns", 100, 2.0)
+    node_a, node_b = Ledger(url, policy, rollup_interval=0), Ledger(url, policy, rollup_interval=0)
+    try:
+        futures = []
+        for i in range(300):
+            ledger, address = (node_a, "bcrt1qa") if i % 2 else (node_b, "bcrt1qb")
+            futures.append(ledger.record_share(_share(address, f"w{i % 3}", [0.5, 1.0, 2.25][i % 3], f"{i:064x}")))
+        await asyncio.gather(*futures)
+        conn = pg.connect(url)
+        try:
+            rows = conn.execute("SELECT id, address, worker, difficulty FROM shares ORDER BY id").fetchall()
+            last = rows[-1][0]
+
+            for nd in (10.0, 100.0, 1e6):
+                want = pplns_split(50 * COIN, 100, (WindowShare(*r) for r in reversed(rows)), nd, 2.0)
+                for limit in (0, 10**9):
+                    assert window.pplns_split_from_totals(conn, 50 * COIN, 100, last, nd, 2.0, limit) == want
+        finally:
+            conn.close()
+
+        h = "ab" * 32
+        record = BlockRecord(h, 102, "bcrt1qa", "w1", 50 * COIN, 50 * COIN, 100.0, time.time())
+        results = await asyncio.gather(node_a.record_block(record), node_b.record_block(record))
+        assert sorted("duplicate" in r for r in results) == [False, True]
+        credits = node_a.query("SELECT address, worker, SUM(amount), COUNT(*) FROM credits WHERE block_hash=?"
+                               " GROUP BY address, worker", (h,))
+        assert all(n == 1 for *_, n in credits)
+        fee = node_a.query("SELECT fee FROM blocks WHERE block_hash=?", (h,))[0][0]
+        assert sum(v for _, _, v, _ in credits) + fee == 50 * COIN
+        await node_a.set_block_status(h, "confirmed", 101)
+
+        batches: list[list[tuple[str, int]]] = []
+        barrier = threading.Barrier(2)
+
+        def pay(ledger: Ledger, name: str) -> None:
+            barrier.wait()
+            batches.append(ledger.run_sync(lambda c: book.create_payments(c, name, 1000)))
+
+        threads = [threading.Thread(target=pay, args=(n, name)) for n, name in ((node_a, "x"), (node_b, "y"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(len(b) for b in batches) == [0, 2], batches
+        assert node_a.query("SELECT COUNT(DISTINCT batch) FROM payments") == [(1,)]
+        assert book.verify(node_b.audit_entries()).ok
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+# ---- passwords --------------------------------------------------------------------------------------------
+
+
+def test_password_from_env_or_file_and_never_in_messages(pg_cluster, tmp_path: Path, monkeypatch):
+    secret = "s3cret-Pw-0x5eed"
+    pg_cluster.admin(f"CREATE ROLE ledger_user LOGIN PASSWORD '{secret}'")
+    url = pg_cluster.create_database()
+    name = url.rsplit("/", 1)[1]
+    pg_cluster.admin(f"ALTER DATABASE {name} OWNER TO ledger_user")
+    user_url = pg_cluster.url(name, user="ledger_user")
+
+    from pool.config import ConfigError, parse_config
+
+    def config(ledger: dict, env: dict[str, str]):  # noqa: ANN202
+        return parse_config({"node": {"network": "regtest", "rpc_url": "http://127.0.0.1:1"},
+                             "payout": {"scheme": "solo"}, "ledger": ledger}, env=env)
+
+    cfg = config({"url": user_url}, {"POOL_LEDGER_PASSWORD": secret})
+    assert secret not in repr(cfg) and secret not in repr(cfg.ledger_source)
+    ledger = Ledger(cfg.ledger_source, rollup_interval=0)
+    ledger.close()
+    pw_file = tmp_path / "pw"
+    pw_file.write_text(secret + "\n")
+    cfg = config({"url": user_url, "password_file": str(pw_file)}, {})
+    Ledger(cfg.ledger_source, rollup_interval=0).close()
+
+    with pytest.raises(ConfigError, match="holds a password"):
+        config({"url": pg_cluster.url(name, user=f"ledger_user:{secret}")}, {})
+    with pytest.raises(ConfigError, match="ledger.path and ledger.url"):
+        config({"url": user_url, "path": "x.sqlite3"}, {})
+    with pytest.raises(ConfigError, match="postgresql://"):
+        config({"url": "mysql://x@y/z"}, {})
+
+    # A wrong password: the error names the server, never the password (given or in the URL).
+    bad = config({"url": user_url}, {"POOL_LEDGER_PASSWORD": "wrong-" + secret})
+    with pytest.raises(pg.Error) as failed:
+        Ledger(bad.ledger_source, rollup_interval=0)
+    assert secret not in str(failed.value)
+    # The CLI reads the password from the environment, and redacts one given in a URL.
+    env = dict(os.environ, POOL_LEDGER_PASSWORD=secret)
+    res = subprocess.run([sys.executable, "-m", "pool", "audit", "verify", "--ledger", user_url], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    env["POOL_LEDGER_PASSWORD"] = "nope"
+    res = subprocess.run([sys.executable, "-m", "pool", "blocks", "--ledger",
+                          pg_cluster.url(name, user=f"ledger_user:{secret}")], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 1 and secret not in res.stdout + res.stderr
+
+
+# ---- the schema version --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ledger_backend", ["sqlite", "postgresql"])
+def test_newer_schema_is_refused(ledger_target):
+    from pool.ledger import schema
+
+    target = ledger_target()
+    Ledger(target, rollup_interval=0).close()
+    conn = pg.connect(str(target)) if ledger_target.is_pg else sqlite3.connect(target)
+    try:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(schema.VERSION,)]
+        conn.execute("UPDATE schema_version SET version = ?", (schema.VERSION + 1,))
+        with contextlib.suppress(AttributeError):
+            conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(schema.SchemaError, match=f"schema version {schema.VERSION + 1}, newer than this pool's"
+                                                 f" {schema.VERSION}"):
+        Ledger(target, rollup_interval=0)
