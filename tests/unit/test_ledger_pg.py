@@ -215,3 +215,80 @@ def test_newer_schema_is_refused(ledger_target):
     with pytest.raises(schema.SchemaError, match=f"schema version {schema.VERSION + 1}, newer than this pool's"
                                                  f" {schema.VERSION}"):
         Ledger(target, rollup_interval=0)
+
+
+# ---- pool ledger migrate ---------------------------------------------------------------------------------------
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pool", *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env=env)
+
+
+async def _sqlite_ledger_with_history(path: Path) -> None:
+    ledger = Ledger(path, Policy("pplns", 100, 2.0), rollup_interval=0, keep_seconds=0)
+    try:
+        start = time.time() - 3 * 3600
+        for i in range(200):
+            await ledger.record_share(ShareRecord(start + i * 50, f"bcrt1q{'ab'[i % 2]}", f"w{i % 3}",
+                                                  [0.5, 1.0, 2.25][i % 3], 1.0, "j", 101, f"{i:064x}", False))
+        for n, status in enumerate(("confirmed", "orphaned", "pending")):
+            h = f"{1000 + n:064x}"
+            await ledger.record_share(ShareRecord(time.time(), "bcrt1qa", "w0", 1.0, 1.0, "j", 101, h, True))
+            await ledger.record_block(BlockRecord(h, 101 + n, "bcrt1qa", "w0", 50 * COIN, 50 * COIN, 20.0,
+                                                  time.time()))
+            await ledger.set_block_status(h, status, 101 if status == "confirmed" else -1)
+        ledger.run_sync(lambda c: book.create_payments(c, "b1", 1000))
+        ledger.run_sync(lambda c: book.finish_payments(c, "b1", "sent", "cd" * 32))
+        assert await asyncio.to_thread(ledger.rollup, 20.0, 50) > 0  # some hours rolled up: that table too
+    finally:
+        ledger.close()
+
+
+async def test_ledger_migrate_copies_and_verifies(pg_cluster, tmp_path: Path):
+    source = tmp_path / "ledger.sqlite3"
+    await _sqlite_ledger_with_history(source)
+    url = pg_cluster.create_database()
+    res = _cli("ledger", "migrate", "--from", f"sqlite:{source}", "--to", url)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "audit log OK" in res.stdout
+
+    # Every report reads the same from both.
+    for report in (["workers"], ["blocks"], ["payouts"], ["payouts", "--by", "worker"], ["audit", "export"]):
+        a = _cli(*report, "--ledger", str(source), "--json")
+        b = _cli(*report, "--ledger", url, "--json")
+        assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+        assert json.loads(a.stdout) == json.loads(b.stdout), report
+
+    # The copy goes on where the source stopped: the next ids and the next audit entry continue.
+    last_id = sqlite3.connect(source).execute("SELECT MAX(id) FROM shares").fetchone()[0]
+    ledger = Ledger(url, Policy("pplns", 100, 2.0), rollup_interval=0)
+    try:
+        assert await ledger.record_share(ShareRecord(time.time(), "bcrt1qa", "w0", 1.0, 1.0, "j", 102, "ef" * 32,
+                                                     False)) == last_id + 1
+        await ledger.set_block_status(f"{1002:064x}", "confirmed", 101)
+        assert book.verify(ledger.audit_entries()).ok
+    finally:
+        ledger.close()
+
+    # Not into a database that already holds a ledger.
+    res = _cli("ledger", "migrate", "--from", f"sqlite:{source}", "--to", url)
+    assert res.returncode == 1 and "already holds ledger rows" in res.stderr, res.stderr
+    # A missing source, a password in the URL: refused with the reason.
+    res = _cli("ledger", "migrate", "--from", f"sqlite:{tmp_path / 'nope.sqlite3'}", "--to",
+               pg_cluster.create_database())
+    assert res.returncode == 1 and "no SQLite ledger" in res.stderr
+    res = _cli("ledger", "migrate", "--from", f"sqlite:{source}", "--to",
+               pg_cluster.url("x", user="pool:hunter2"))
+    assert res.returncode == 2 and "hunter2" not in res.stderr
+
+
+async def test_ledger_migrate_of_a_broken_chain_fails(pg_cluster, tmp_path: Path):
+    source = tmp_path / "ledger.sqlite3"
+    await _sqlite_ledger_with_history(source)
+    conn = sqlite3.connect(source, isolation_level=None)
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET payload = '{\"forged\":1}' WHERE seq = 2")
+    conn.close()
+    res = _cli("ledger", "migrate", "--from", f"sqlite:{source}", "--to", pg_cluster.create_database())
+    assert res.returncode == 1 and "audit chain" in res.stderr and "entry 2" in res.stderr, res.stderr
