@@ -188,6 +188,14 @@ def test_password_from_env_or_file_and_never_in_messages(pg_cluster, tmp_path: P
     res = subprocess.run([sys.executable, "-m", "pool", "audit", "verify", "--ledger", user_url], env=env,
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
+    # ... or from ledger.password_file of the config it is given.
+    cfg_file = tmp_path / "pool.toml"
+    cfg_file.write_text(f'[node]\nnetwork = "regtest"\nrpc_url = "http://127.0.0.1:1"\n[payout]\nscheme = "solo"\n'
+                        f'[ledger]\nurl = "{user_url}"\npassword_file = "{pw_file}"\n')
+    no_env = {k: v for k, v in os.environ.items() if k != "POOL_LEDGER_PASSWORD"}
+    res = subprocess.run([sys.executable, "-m", "pool", "blocks", "--config", str(cfg_file), "--json"], env=no_env,
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0 and json.loads(res.stdout) == [], res.stdout + res.stderr
     env["POOL_LEDGER_PASSWORD"] = "nope"
     res = subprocess.run([sys.executable, "-m", "pool", "blocks", "--ledger",
                           pg_cluster.url(name, user=f"ledger_user:{secret}")], env=env,
