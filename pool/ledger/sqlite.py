@@ -79,6 +79,10 @@ class LedgerUnavailable(Exception):
     """The database cannot be reached right now (PostgreSQL down): this write failed, later ones may not."""
 
 
+class _StaleConnection(Exception):
+    """A PostgreSQL connection was found dead before anything ran on it."""
+
+
 class Ledger:
     """The ledger (SQLite file or PostgreSQL database) with a single writer thread doing group commits."""
 
@@ -186,8 +190,17 @@ class Ledger:
 
     def run_sync(self, op: Op) -> Any:
         """Run ``op`` in its own immediate transaction from a non-loop thread (CLI, payments, tests)."""
+        for attempt in (1, 2):
+            try:
+                return self._run_sync_once(op)
+            except _StaleConnection:
+                if attempt == 2:
+                    raise LedgerUnavailable(f"ledger database {self.where} unreachable") from None
+        raise AssertionError("unreachable")
+
+    def _run_sync_once(self, op: Op) -> Any:
         with self._reading() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             try:
                 result = op(conn)
             except BaseException:
@@ -196,6 +209,16 @@ class Ledger:
                 raise
             conn.execute("COMMIT")
             return result
+
+    def _begin(self, conn: Any) -> None:
+        """BEGIN IMMEDIATE; a kept PostgreSQL connection found dead here (the server restarted while it was
+        idle) is ``_StaleConnection``: nothing ran yet, so the caller may simply try again on a new one."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except pg.Error as exc:
+            if self.url is not None and pg.connection_lost(exc):
+                raise _StaleConnection() from exc
+            raise
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -252,8 +275,15 @@ class Ledger:
                     results: list[tuple[Any, BaseException | None]] = [
                         (None, LedgerUnavailable(f"ledger database {self.where} unreachable")) for _ in batch]
                 else:
-                    results = self._commit(conn, batch)
-                    if self.url is not None and conn.broken:
+                    try:
+                        results = self._commit(conn, batch)
+                    except _StaleConnection:  # lost while idle: nothing of the batch ran; once more, anew
+                        conn.close()
+                        conn = self._reconnect()
+                        results = (self._commit_or_fail(conn, batch) if conn is not None else
+                                   [(None, LedgerUnavailable(f"ledger database {self.where} unreachable"))
+                                    for _ in batch])
+                    if conn is not None and self.url is not None and conn.broken:
                         log.error("ledger_connection_lost", database=self.where, failed_writes=len(batch))
                         conn.close()
                         conn = None
@@ -314,8 +344,8 @@ class Ledger:
         again with savepoints, that op left out (ops only touch the database: the rolled-back run left nothing)."""
         if self.url is None:
             return self._commit_each(conn, batch, {})
+        self._begin(conn)
         try:
-            conn.execute("BEGIN IMMEDIATE")
             results: list[tuple[Any, BaseException | None]] = []
             for i, (op, _, _) in enumerate(batch):
                 try:
@@ -329,6 +359,13 @@ class Ledger:
             return results
         except self.errors as exc:
             return self._failed(conn, batch, exc)
+
+    def _commit_or_fail(self, conn: Any, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
+        try:
+            return self._commit(conn, batch)
+        except _StaleConnection as exc:
+            return [(None, LedgerUnavailable(f"ledger database {self.where} unreachable: {exc.__cause__}"))
+                    for _ in batch]
 
     def _commit_each(self, conn: Any, batch: list[Any], skip: dict[int, BaseException]
                      ) -> list[tuple[Any, BaseException | None]]:

@@ -300,3 +300,28 @@ async def test_ledger_migrate_of_a_broken_chain_fails(pg_cluster, tmp_path: Path
     conn.close()
     res = _cli("ledger", "migrate", "--from", f"sqlite:{source}", "--to", pg_cluster.create_database())
     assert res.returncode == 1 and "audit chain" in res.stderr and "entry 2" in res.stderr, res.stderr
+
+
+# ---- sessions lost while idle --------------------------------------------------------------------------------
+
+
+async def test_sessions_lost_while_idle_cost_no_write(pg_cluster):
+    """A server restart or failover while the ledger is idle kills its kept sessions; the next share, payment
+    step and read are not failed for it (nothing had run on the dead session: they run again on a new one)."""
+    url = pg_cluster.create_database()
+    name = url.rsplit("/", 1)[1]
+    ledger = Ledger(url, Policy("pplns", 100, 2.0), rollup_interval=0)
+    try:
+        first = await ledger.record_share(_share("bcrt1qa", "w", 1.0, "01" * 32))
+        ledger.run_sync(lambda c: book.audit(c, "note", {"n": 1}))
+        assert ledger.query("SELECT COUNT(*) FROM shares") == [(1,)]
+        pg_cluster.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                         " AND pid <> pg_backend_pid()")
+        await asyncio.sleep(0.2)
+        assert await asyncio.wait_for(ledger.record_share(_share("bcrt1qa", "w", 1.0, "02" * 32)), 10) > first
+        ledger.run_sync(lambda c: book.audit(c, "note", {"n": 2}))
+        assert ledger.query("SELECT COUNT(*) FROM shares") == [(2,)]
+        assert ledger.unavailable_since is None
+        assert book.verify(ledger.audit_entries()).ok
+    finally:
+        ledger.close()
