@@ -106,9 +106,12 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
+        self.totals: list[Any] | None = None  # running totals of the current transaction (window.prefetch)
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> PgCursor:
         head = sql.lstrip()[:16].upper()
+        if head.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            self.totals = None  # valid inside one transaction only, and never across an undo
         if head.startswith("BEGIN IMMEDIATE"):
             self.raw.execute("BEGIN")
             self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))

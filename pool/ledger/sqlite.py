@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from pool.ledger import book, dialect, pg, rollup, schema
+from pool.ledger import book, dialect, pg, rollup, schema, window
 from pool.ledger.book import AuditEntry
 
 log = structlog.get_logger("pool.ledger")
@@ -165,8 +165,11 @@ class Ledger:
         policy = self.policy
         if s.network_difficulty > 0:
             self.network_difficulty = s.network_difficulty
-        return self.submit(lambda c: book.insert_share(c, policy, s, s.network_difficulty, s.subsidy,
-                                                       s.expected_fees))
+        def op(c: Any) -> int:
+            return book.insert_share(c, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
+
+        op.share_key = (s.address, s.worker)  # type: ignore[attr-defined]  # for window.prefetch
+        return self.submit(op)
 
     def record_block(self, b: BlockRecord) -> asyncio.Future[Any]:
         policy = self.policy
@@ -346,6 +349,9 @@ class Ledger:
             return self._commit_each(conn, batch, {})
         self._begin(conn)
         try:
+            keys = [key for op, _, _ in batch if (key := getattr(op, "share_key", None)) is not None]
+            if len(keys) > 1:  # one round trip for every share's previous totals, not one per share
+                conn.totals = window.prefetch(conn, keys)
             results: list[tuple[Any, BaseException | None]] = []
             for i, (op, _, _) in enumerate(batch):
                 try:

@@ -26,6 +26,7 @@ import math
 import sqlite3
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import Any
 
 from pool.ledger.accounting import Split, pplns_split_weighted
 
@@ -68,6 +69,12 @@ def add(a: Exact, b: Exact) -> Exact:
 def next_totals(conn: sqlite3.Connection, address: str, worker: str, difficulty: float) -> tuple[bytes, bytes]:
     """(cum, wcum) for a share about to be inserted as the newest row."""
     w = weight_of(difficulty)
+    cache = getattr(conn, "totals", None)  # PostgreSQL: prefetched for the batch (``prefetch``)
+    if cache is not None and (address, worker) in cache[1]:
+        cum_v, wcum_v = add(cache[0], w), add(cache[1][(address, worker)], w)
+        cache[0] = cum_v
+        cache[1][(address, worker)] = wcum_v
+        return encode(cum_v), encode(wcum_v)
     # One statement for both (the hot path: every accepted share passes here).
     row = conn.execute("SELECT (SELECT cum FROM shares ORDER BY id DESC LIMIT 1),"
                        " (SELECT wcum FROM shares WHERE address=? AND worker=? ORDER BY id DESC LIMIT 1),"
@@ -78,6 +85,24 @@ def next_totals(conn: sqlite3.Connection, address: str, worker: str, difficulty:
         return next_totals(conn, address, worker, difficulty)
     return (encode(add(decode(cum), w)) if cum is not None else encode(w),
             encode(add(decode(wcum), w)) if wcum is not None else encode(w))
+
+
+def prefetch(conn: Any, keys: list[tuple[str, str]]) -> list[Any] | None:
+    """PostgreSQL: the newest pool-wide total and each (address, worker)'s newest own total, in one round trip,
+    for the shares of a batch about to be inserted; ``next_totals`` then continues them in memory instead of
+    asking once per share. Valid only inside the writer's transaction (which holds the write lock, so no other
+    node inserts meanwhile): ``pg.PgConnection`` drops it at every BEGIN, COMMIT and ROLLBACK. None when the
+    newest row has no totals (``next_totals`` fills them in first)."""
+    distinct = list(dict.fromkeys(keys))
+    values = ", ".join("(?, ?)" for _ in distinct)
+    rows = conn.execute(
+        "SELECT k.a, k.w, (SELECT wcum FROM shares WHERE address = k.a AND worker = k.w ORDER BY id DESC LIMIT 1),"
+        " (SELECT cum FROM shares ORDER BY id DESC LIMIT 1), (SELECT 1 FROM shares LIMIT 1)"
+        f" FROM (VALUES {values}) AS k(a, w)", [v for key in distinct for v in key]).fetchall()
+    if not rows or (rows[0][4] is not None and rows[0][3] is None):
+        return None
+    cum = decode(rows[0][3]) if rows[0][3] is not None else ZERO
+    return [cum, {(a, w): decode(wcum) if wcum is not None else ZERO for a, w, wcum, _, _ in rows}]
 
 
 def migrate(conn: sqlite3.Connection) -> None:
