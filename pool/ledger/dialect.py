@@ -75,38 +75,18 @@ def ddl(sql: str, dialect: Dialect) -> str:
     return sql
 
 
+_QUOTED = re.compile(r"('(?:[^']|'')*'|\"[^\"]*\")")
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
 @lru_cache(maxsize=1024)
 def pg_placeholders(sql: str) -> str:
     """``?`` → ``%s``, ``:name`` → ``%(name)s`` and ``%`` → ``%%`` outside quoted strings and identifiers
     (``::`` casts are left alone), so SQL written for SQLite runs through psycopg."""
-    out: list[str] = []
-    i, n = 0, len(sql)
-    quote = ""
-    while i < n:
-        ch = sql[i]
-        if quote:
-            out.append("%%" if ch == "%" else ch)
-            if ch == quote:
-                quote = ""
-        elif ch in ("'", '"'):
-            quote = ch
-            out.append(ch)
-        elif ch == "?":
-            out.append("%s")
-        elif ch == "%":
-            out.append("%%")
-        elif ch == ":" and i + 1 < n and sql[i + 1] == ":":
-            out.append("::")
-            i += 1
-        elif ch == ":" and i + 1 < n and (sql[i + 1].isalpha() or sql[i + 1] == "_") and (
-                i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] == "_")):
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] == "_"):
-                j += 1
-            out.append(f"%({sql[i + 1:j]})s")
-            i = j
-            continue
-        else:
-            out.append(ch)
-        i += 1
-    return "".join(out)
+    parts = _QUOTED.split(sql)
+    for i, part in enumerate(parts):
+        part = part.replace("%", "%%")
+        if i % 2 == 0:  # outside quotes
+            part = _NAMED.sub(r"%(\1)s", part.replace("?", "%s"))
+        parts[i] = part
+    return "".join(parts)
