@@ -93,6 +93,9 @@ class PoolApp:
         pc = cfg.payout
         self.ledger = Ledger(cfg.ledger_source, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
         self.ledger.on_commit = self._on_commit
+        ledger = self.ledger
+        self.metrics.ledger_up.set_function(
+            lambda: 1 if ledger.failure is None and ledger.unavailable_since is None else 0)
         self.ledger.on_failure = lambda exc: self._on_task_failure("ledger-writer", exc)
         # Block submission has connections and a thread of its own: never behind template or payment RPC.
         # One client per node (a list, so more nodes can be added); each gets every block.
@@ -135,7 +138,8 @@ class PoolApp:
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
                                         on_change=self._on_block_status, in_flight=self.submitter.unresolved)
         # Maturity and payments run in one process per ledger: the holder of its leader lock.
-        self.leadership = Leadership(lock_for(cfg.ledger_source))
+        self.leadership = Leadership(lock_for(cfg.ledger_source),
+                                     on_change=lambda leading: self.metrics.ledger_leader.set(1 if leading else 0))
         sup.start("ledger-leader", self.leadership.run)
         sup.start("maturity", self.leadership.gated(self.maturity.run))
         if pc.payments_enabled:

@@ -125,6 +125,10 @@ class Metrics:
         )
         self.jobs_broadcast = Counter("pool_jobs_broadcast_total", "Job broadcasts by kind", ["kind"], registry=r)
         self.bitcoind_up = Gauge("pool_bitcoind_up", "1 when bitcoind answers and gives templates", registry=r)
+        self.ledger_up = Gauge("pool_ledger_up", "1 while the ledger writer has its database (0: PostgreSQL"
+                               " unreachable, shares answered 'not recorded')", registry=r)
+        self.ledger_leader = Gauge("pool_ledger_leader", "1 while this process holds the ledger's leader lock and"
+                                   " runs maturity and payments", registry=r)
         self.rpc_seconds = Histogram(
             "pool_bitcoind_rpc_seconds", "bitcoind RPC latency by method", ["method"], registry=r
         )

@@ -84,6 +84,7 @@ async def test_postgres_restart_under_load_loses_no_acknowledged_share(regtest, 
             assert not any(ok for _, ok, _ in down_replies), "a share was answered true while PostgreSQL was down"
             assert {code for _, _, code in down_replies} == {20}
             assert app.readiness_problems(), "/readyz must say the ledger is unreachable"
+            assert app.metrics.registry.get_sample_value("pool_ledger_up") == 0
             await asyncio.to_thread(own_cluster.start)
             deadline = time.monotonic() + 30
             while not any(ok and t > restart_at for t, ok, _ in replies):
@@ -102,6 +103,12 @@ async def test_postgres_restart_under_load_loses_no_acknowledged_share(regtest, 
         errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         assert not errors, errors
         assert not [p for p in app.readiness_problems() if "ledger" in p]
+        assert app.metrics.registry.get_sample_value("pool_ledger_up") == 1
+        # The leader lock's session died with the server too: it is taken again once the server is back.
+        deadline = time.monotonic() + 15
+        while app.metrics.registry.get_sample_value("pool_ledger_leader") != 1:
+            assert time.monotonic() < deadline, "the leader lock was not taken again"
+            await asyncio.sleep(0.1)
         rows = app.ledger.query("SELECT block_hash, worker FROM shares")
     in_ledger = dict(rows)
     lost = [h for h in acked if h not in in_ledger]
