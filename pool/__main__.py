@@ -186,10 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # start-up failures an operator must read, not a traceback
+        from pool.ledger import pg
         from pool.node.regtest import BitcoindNotFound
         from pool.node.rpc import NodeError, NodeUnavailable
         from pool.server.tls import TlsError  # certificate or key changed between the config check and start
 
+        if isinstance(exc, pg.Error):  # the PostgreSQL ledger is unreachable or refuses the login
+            print(f"pool: cannot start: ledger database: {pg.redact(str(exc))}", file=sys.stderr)
+            return 1
         if isinstance(exc, BitcoindNotFound | NodeUnavailable | NodeError | OSError | RuntimeError | TlsError):
             print(f"pool: cannot start: {exc}", file=sys.stderr)
             return 1

@@ -121,3 +121,31 @@ async def test_postgres_restart_under_load_loses_no_acknowledged_share(regtest, 
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+
+
+def test_pool_run_with_unreachable_ledger_database_says_why(regtest, tmp_path: Path):
+    from pool.node.regtest import free_port
+
+    config = tmp_path / "pool.toml"
+    config.write_text(f"""
+data_dir = "{tmp_path / 'data'}"
+[node]
+rpc_url = "{regtest.rpc_url}"
+rpc_user = "{regtest.user}"
+rpc_password = "{regtest.password}"
+network = "regtest"
+[stratum]
+host = "127.0.0.1"
+port = 0
+[payout]
+scheme = "solo"
+[metrics]
+enabled = false
+[ledger]
+url = "postgresql://pool@127.0.0.1:{free_port()}/pool"
+""")
+    res = subprocess.run([sys.executable, "-m", "pool", "run", "--config", str(config)], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT, env=dict(os.environ, POOL_LEDGER_PASSWORD="hunter2"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "cannot start: ledger database" in res.stderr and "Traceback" not in res.stderr
+    assert "hunter2" not in res.stdout + res.stderr
