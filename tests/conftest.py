@@ -96,6 +96,18 @@ class LedgerTargets:
         self._made.append(url)
         return url
 
+    def verify(self) -> None:
+        """Every PostgreSQL ledger made passes ``pool audit verify`` (the integration tests' check of SQLite
+        files, ``ledgers_verify``, for this backend)."""
+        from pool.reports import audit_verify
+
+        for url in self._made:
+            try:
+                ok, message = audit_verify(url)
+            except Exception:  # noqa: BLE001 - a database the test never opened as a ledger
+                continue
+            assert ok, f"{url}: {message}"
+
     def cleanup(self) -> None:
         for url in self._made:
             self._cluster.drop_database(url)
@@ -106,8 +118,12 @@ def ledger_target(ledger_backend: str, tmp_path: Path, request: pytest.FixtureRe
     """Where the test's ledgers live, on the backend the test is parametrized with."""
     cluster = request.getfixturevalue("pg_cluster") if ledger_backend == "postgresql" else None
     targets = LedgerTargets(ledger_backend, tmp_path, cluster)
-    yield targets
-    targets.cleanup()
+    try:
+        yield targets
+        if request.node.get_closest_marker("integration") is not None:
+            targets.verify()
+    finally:
+        targets.cleanup()
 
 
 def start_node(tmp_path: Path, bin_dir: Path, extra_args: tuple[str, ...] = ()) -> RegtestNode:
