@@ -83,8 +83,12 @@ def next_totals(conn: sqlite3.Connection, address: str, worker: str, difficulty:
     if any_row is not None and cum is None:  # rows written without totals (by hand): fill them in first
         backfill(conn)
         return next_totals(conn, address, worker, difficulty)
-    return (encode(add(decode(cum), w)) if cum is not None else encode(w),
-            encode(add(decode(wcum), w)) if wcum is not None else encode(w))
+    cum_v = add(decode(cum), w) if cum is not None else w
+    wcum_v = add(decode(wcum), w) if wcum is not None else w
+    if cache is not None:  # a share not prefetched: the cache must still follow the newest row
+        cache[0] = cum_v
+        cache[1][(address, worker)] = wcum_v
+    return encode(cum_v), encode(wcum_v)
 
 
 def prefetch(conn: Any, keys: list[tuple[str, str]]) -> list[Any] | None:

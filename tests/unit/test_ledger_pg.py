@@ -325,3 +325,56 @@ async def test_sessions_lost_while_idle_cost_no_write(pg_cluster):
         assert book.verify(ledger.audit_entries()).ok
     finally:
         ledger.close()
+
+
+async def test_batch_totals_stay_exact_with_shares_not_prefetched(pg_cluster):
+    """A batch's shares continue running totals read once for the batch; a share inserted by another op of
+    the same batch (not prefetched) or an op that fails and is undone must not leave them behind."""
+    url = pg_cluster.create_database()
+    ledger = Ledger(url, Policy("pplns", 0, 1.0), rollup_interval=0, max_wait=0.2)
+    try:
+        policy = ledger.policy
+
+        def raw(i: int):  # noqa: ANN202 - an insert_share the ledger cannot see coming
+            return lambda c: book.insert_share(c, policy, _share("bcrt1qz", "raw", 0.75, f"{10_000 + i:064x}"),
+                                               0.0, 0, 0)
+
+        def boom(c) -> None:  # noqa: ANN001
+            book.insert_share(c, policy, _share("bcrt1qa", "w0", 5.0, "ff" * 32), 0.0, 0, 0)
+            raise ValueError("undone")
+
+        sizes: list[int] = []
+        ledger.on_commit = lambda size, seconds: sizes.append(size)
+        failed = 0
+        for part in range(2):  # one batch with foreign inserts, then one where an op fails and is undone
+            futures = []
+            for i in range(30 * part, 30 * part + 30):
+                futures.append(ledger.record_share(_share("bcrt1qa", f"w{i % 3}", [0.5, 1.0, 2.25][i % 3],
+                                                          f"{i:064x}")))
+                if i % 10 == 3:
+                    futures.append(ledger.submit(raw(i)))
+                if i == 45:
+                    futures.append(ledger.submit(boom))
+            done = await asyncio.gather(*futures, return_exceptions=True)
+            failed += sum(isinstance(d, ValueError) for d in done)
+        assert failed == 1 and sizes == [33, 34], sizes
+        conn = pg.connect(url)
+        try:
+            rows = conn.execute("SELECT id, address, worker, difficulty FROM shares ORDER BY id").fetchall()
+            assert len(rows) == 66
+            # Every row's totals are the exact sums of the rows up to it (pool-wide and its worker's).
+            total, per_worker = window.ZERO, {}
+            for (_, address, worker, difficulty), (cum, wcum) in zip(
+                    rows, conn.execute("SELECT cum, wcum FROM shares ORDER BY id").fetchall(), strict=True):
+                total = window.add(total, window.weight_of(difficulty))
+                per_worker[(address, worker)] = window.add(per_worker.get((address, worker), window.ZERO),
+                                                           window.weight_of(difficulty))
+                assert window.to_fraction(window.decode(cum)) == window.to_fraction(total)
+                assert window.to_fraction(window.decode(wcum)) == window.to_fraction(per_worker[(address, worker)])
+            for nd in (5.0, 17.0, 40.0, 1e6):
+                want = pplns_split(10**8, 0, (WindowShare(*r) for r in reversed(rows)), nd, 1.0)
+                assert window.pplns_split_from_totals(conn, 10**8, 0, rows[-1][0], nd, 1.0, 0) == want
+        finally:
+            conn.close()
+    finally:
+        ledger.close()
