@@ -39,3 +39,35 @@ def test_password_never_shown():
     assert "hunter2" not in repr(pg.PgTarget("postgresql://pool@db/pool", "hunter2"))
     assert pg.read_password(None, {"POOL_LEDGER_PASSWORD": "x"}) == "x"
     assert pg.read_password(None, {}) is None
+
+
+def _config(ledger: dict, env: dict[str, str] | None = None):  # noqa: ANN202
+    from pool.config import parse_config
+
+    return parse_config({"node": {"network": "regtest", "rpc_url": "http://127.0.0.1:1"},
+                         "payout": {"scheme": "solo"}, "ledger": ledger}, env=env or {})
+
+
+def test_ledger_url_settings(tmp_path):  # noqa: ANN001
+    import pytest
+
+    from pool.config import ConfigError
+
+    assert _config({}).ledger_source == _config({}).ledger_file  # SQLite stays the default
+    cfg = _config({"url": "postgresql://pool@db:5432/pool"}, {"POOL_LEDGER_PASSWORD": "pw-from-env"})
+    assert cfg.ledger_source == pg.PgTarget("postgresql://pool@db:5432/pool", "pw-from-env")
+    assert "pw-from-env" not in repr(cfg)
+    assert _config({"url": "postgresql://pool@db/pool"}).ledger_source.password is None  # .pgpass / trust
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for ledger, message in [
+        ({"password_file": str(empty)}, "ledger.password_file is set but ledger.url is not"),
+        ({"url": "postgresql://pool@db/pool", "password_file": str(empty)}, "is empty"),
+        ({"url": "postgresql://pool@db/pool", "password_file": str(tmp_path / "missing")}, "cannot read"),
+        ({"url": "sqlite:///x"}, "must start with postgresql://"),
+        ({"url": "postgresql://pool:pw@db/pool"}, "holds a password"),
+        ({"url": "postgresql://pool@db/pool", "path": "x.sqlite3"}, "both set"),
+        ({"url": 5}, "ledger.url must be a string"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            _config(ledger)
