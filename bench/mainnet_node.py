@@ -42,7 +42,7 @@ SDIST_NAME = "py_bitcoinkernel-0.1.0a5.tar.gz"
 SDIST_SHA256 = "71b91eecac7a8b07248be04471c3bf98016b38bf823aefd28f7b31179940520d"
 BLOCK_MEMBER_SUFFIX = "depend/bitcoin/src/bench/data/block413567.raw"
 BLOCK_HEIGHT = 413567
-SUBSIDY = 1_250_000_000  # 12.5 BTC: heights 210,000-419,999
+SUBSIDY = 2_500_000_000  # 25 BTC: heights 210,000-419,999 (the second halving came at 420,000)
 MAX_BODY = 64 << 20
 LONGPOLL_MAX_SECONDS = 60.0  # bitcoind returns a long poll after about a minute without news, too
 
@@ -215,7 +215,7 @@ class Chain:
     def _remember_tip(self, ntime: int) -> None:
         self.headers[self.tip[::-1].hex()] = {
             "hash": self.tip[::-1].hex(), "height": self.height - 1, "confirmations": 1, "time": ntime,
-            "bits": f"{self.block.bits:08x}", "version": self.block.version,
+            "bits": f"{self.block.bits:08x}", "version": self.block.version, "mediantime": ntime - 3600,
         }
 
     @property

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="verify or export the hash-chained audit log")
     audit.add_argument("action", choices=("verify", "export"))
     audit.add_argument("--format", choices=("csv", "json"), default="csv")
+    audit.add_argument("--head", help="verify: also check that this audit hash (a report's audit_head_hash) is"
+                                      " in the chain")
     ledger_args(audit)
     ledger = sub.add_parser("ledger", help="ledger maintenance")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
@@ -47,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--from", dest="source", required=True, help="sqlite:PATH")
     migrate.add_argument("--to", dest="target", required=True, help="postgresql://user@host:port/db")
     migrate.add_argument("--password-file", help="file holding the PostgreSQL password")
+    report = sub.add_parser("report", help="regulator's report: blocks, rewards, credits, payments, operators,"
+                                           " energy per site, over a period")
+    report.add_argument("--from", dest="date_from", required=True, help="YYYY-MM-DD (UTC) or ISO 8601 date-time")
+    report.add_argument("--to", dest="date_to", required=True, help="YYYY-MM-DD (inclusive) or ISO 8601 date-time"
+                                                                    " (exclusive)")
+    report.add_argument("--site", help="only addresses of this site (the allowlist's third column)")
+    report.add_argument("--format", choices=("csv", "json"), default="csv")
+    report.add_argument("--allowlist", help="allowlist file for operator names and sites (default: the config's"
+                                            " authorization.allowlist_file)")
+    report.add_argument("--network", help="network of the --allowlist addresses without --config (default: regtest,"
+                                          " as the embedded mode)")
+    report.add_argument("--efficiency", type=float, help="fleet J/TH (default: the config's"
+                                                         " report.efficiency_j_per_th, 30)")
+    ledger_args(report)
     return parser
 
 
@@ -86,15 +102,56 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _regulator_report(args: argparse.Namespace) -> int:
+    from pool import reports
+    from pool.config import read_allowlist
+    from pool.mining.allowlist import AllowlistError
+
+    config = load_config(args.config) if args.config else None
+    path = _ledger_path(args)
+    try:
+        period = reports.parse_period(args.date_from, args.date_to)
+    except ValueError as exc:
+        print(f"pool: {exc}", file=sys.stderr)
+        return 2
+    allowlist = config.authorization.allowlist if config is not None else None
+    if args.allowlist:
+        network = config.node.network if config is not None else (args.network or "regtest")
+        try:
+            allowlist = read_allowlist(args.allowlist, network)
+        except (AllowlistError, OSError) as exc:
+            print(f"pool: --allowlist: {exc}", file=sys.stderr)
+            return 2
+    efficiency = args.efficiency if args.efficiency is not None else (
+        config.report.efficiency_j_per_th if config is not None else 30.0)
+    if not efficiency > 0:
+        print("pool: --efficiency must be a positive number of joules per terahash", file=sys.stderr)
+        return 2
+    from pool.ledger import pg
+
+    try:
+        report = reports.regulator_report(path, period, allowlist, efficiency, site=args.site)
+    except (FileNotFoundError, pg.Error) as exc:
+        print(f"pool: {pg.redact(str(exc))}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"pool: {exc}", file=sys.stderr)
+        return 2
+    print(reports.render_report(report, "json" if args.json else args.format), end="")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pool import reports
     from pool.ledger import pg
 
+    if args.command == "report":
+        return _regulator_report(args)
     path = _ledger_path(args)
     try:
         if args.command == "audit":
             if args.action == "verify":
-                ok, message = reports.audit_verify(path)
+                ok, message = reports.audit_verify(path, args.head)
                 print(message)
                 return 0 if ok else 1
             print(reports.audit_export(path, "json" if args.json else args.format))
@@ -140,8 +197,9 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, app.request_stop)
-    # SIGHUP: re-read the Stratum TLS certificate and key (e.g. after a renewal); new connections get them.
-    loop.add_signal_handler(signal.SIGHUP, lambda: app.server.reload_tls() if app.server is not None else None)
+    # SIGHUP: re-read the Stratum TLS certificate and key (e.g. after a renewal; new connections get them) and
+    # the allowlist of licensed operators (a bad file is refused and the list in force kept).
+    loop.add_signal_handler(signal.SIGHUP, app.sighup)
     try:
         await app.start()
         assert app.server is not None
@@ -158,7 +216,7 @@ async def _run(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("workers", "blocks", "payouts", "audit"):
+        if args.command in ("workers", "blocks", "payouts", "audit", "report"):
             return _report(args)
         if args.command == "ledger":
             return _migrate(args)

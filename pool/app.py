@@ -11,12 +11,15 @@ import structlog
 from pool.bitcoin.address import address_to_script
 from pool.bitcoin.target import target_to_difficulty
 from pool.config import Config
+from pool.ledger import book
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
+from pool.ledger.history import HistoryWriter, Retention
 from pool.ledger.leader import Leadership, lock_for
 from pool.ledger.sqlite import Ledger
 from pool.mining.jobs import BlockTemplate
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
+from pool.node.nodeset import Member, NodeSet
 from pool.node.payouts import MaturityTracker, PaymentProcessor
 from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
@@ -24,6 +27,7 @@ from pool.node.work import TemplateSource
 from pool.ops.http import HttpApi
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics
+from pool.server.access import AccessControl, ReloadRefused, ReloadResult
 from pool.server.coordinator import Coordinator
 from pool.server.server import StratumServer
 
@@ -37,7 +41,7 @@ class PoolApp:
         self.config = config
         self.metrics = Metrics()
         self.node: RegtestNode | None = None
-        self.client: NodeClient | None = None
+        self.client: NodeSet | None = None  # every configured bitcoind; calls go to the active one
         self.ledger: Ledger | None = None
         self.coordinator: Coordinator | None = None
         self.server: StratumServer | None = None
@@ -45,6 +49,7 @@ class PoolApp:
         self.submitter: BlockSubmitter | None = None
         self.pool_address = config.payout.pool_address
         self.http: HttpApi | None = None
+        self.history: HistoryWriter | None = None
         self.maturity: MaturityTracker | None = None
         self.payments: PaymentProcessor | None = None
         self.leadership: Leadership | None = None
@@ -52,6 +57,8 @@ class PoolApp:
         self.submit_clients: list[NodeClient] = []
         self.started_at = time.time()
         self.supervisor = Supervisor(on_failure=self._on_task_failure)
+        self.access: AccessControl | None = None
+        self._signal_tasks: set[asyncio.Task[object]] = set()
         self._stopped = asyncio.Event()
 
     async def _start_managed_node(self) -> RpcCredentials:
@@ -71,24 +78,34 @@ class PoolApp:
         log.info("regtest_bitcoind_started", rpc_port=node.rpc_port, datadir=str(node.datadir))
         return node.credentials
 
+    def _node_credentials(self) -> list[tuple[str, RpcCredentials, str]]:
+        """(name, credentials, ZMQ endpoint) of every bitcoind to use, the preferred first."""
+        if self.config.regtest.managed:
+            assert self.node is not None
+            return [(self.config.node.name, self.node.credentials, self.node.zmq_endpoint)]
+        return [(nc.name, RpcCredentials(nc.rpc_url, nc.rpc_user, nc.rpc_password, nc.rpc_cookie_file),
+                 nc.zmq_hashblock) for nc in self.config.nodes]
+
     async def start(self) -> None:
         cfg = self.config
         if cfg.regtest.managed:
-            creds = await self._start_managed_node()
-            zmq = self.node.zmq_endpoint if self.node else ""
-        else:
-            nc = cfg.node
-            creds = RpcCredentials(nc.rpc_url, nc.rpc_user, nc.rpc_password, nc.rpc_cookie_file)
-            zmq = nc.zmq_hashblock
+            await self._start_managed_node()
+        nodes = self._node_credentials()
+        timeouts = {nc.name: nc.rpc_timeout for nc in cfg.nodes}
         stale = self.metrics.rpc_stale_retries.labels
-        self.client = NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc,
-                                 on_stale=lambda m: stale(m).inc())
-        info = await self.client.wait_ready(
+
+        def client(creds: RpcCredentials, name: str, workers: int = 4, role: str = "rpc") -> NodeClient:
+            return NodeClient(creds, timeouts.get(name, cfg.node.rpc_timeout), observer=self.metrics.observe_rpc,
+                              workers=workers, name=role, on_stale=lambda m: stale(m).inc())
+
+        members = [Member(name, client(creds, name), zmq, health=client(creds, name, 1, "rpc-health"))
+                   for name, creds, zmq in nodes]
+        self.client = NodeSet(members, cfg.node.network, min(5.0, cfg.node.refresh_interval),
+                              on_switch=self._on_node_switch, on_probe=self._on_node_probe)
+        await self.client.wait_ready(
             time.monotonic() + 120, on_wait=lambda e: log.warning("waiting_for_bitcoind", error=e)
         )
-        chain = info.get("chain") if isinstance(info, dict) else None
-        if chain and chain != cfg.node.network:  # node.network uses bitcoind's own chain names
-            raise RuntimeError(f"node.network is {cfg.node.network!r} but bitcoind runs chain {chain!r}")
+        creds = nodes[0][1]
         pool_script = address_to_script(self.pool_address, cfg.node.network) if self.pool_address else None
         pc = cfg.payout
         self.ledger = Ledger(cfg.ledger_source, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
@@ -98,11 +115,8 @@ class PoolApp:
             lambda: 1 if ledger.failure is None and ledger.unavailable_since is None else 0)
         self.ledger.on_failure = lambda exc: self._on_task_failure("ledger-writer", exc)
         # Block submission has connections and a thread of its own: never behind template or payment RPC.
-        # One client per node (a list, so more nodes can be added); each gets every block.
-        self.submit_clients = [
-            NodeClient(creds, cfg.node.rpc_timeout, observer=self.metrics.observe_rpc, workers=1, name="rpc-submit",
-                       on_stale=lambda m: stale(m).inc())
-        ]
+        # One client per node: each gets every block at once.
+        self.submit_clients = [client(node_creds, name, 1, "rpc-submit") for name, node_creds, _ in nodes]
         self.submitter = BlockSubmitter(
             self.submit_clients, Path(cfg.data_dir) / "blocks", self._on_block_outcome,
             retry=RetryPolicy(min(0.2, cfg.node.submit_retry_max_delay), cfg.node.submit_retry_max_delay),
@@ -114,14 +128,26 @@ class PoolApp:
             lambda: self.submitter.oldest_unresolved_age() if self.submitter else 0.0)
         self.coordinator = Coordinator(cfg, pool_script, self.ledger, self.submitter, self.metrics)
         await self.coordinator.replay_block_rows()
+        hc = cfg.history
+        self.history = HistoryWriter(self.ledger, self.coordinator.history, Retention(
+            hc.flush_interval, hc.minutely_keep_hours * 3600, hc.hourly_keep_days * 86400))
+        rows, round_no = await asyncio.to_thread(self.ledger.best_shares)
+        self.coordinator.best.load(rows, round_no)
         self.server = StratumServer(cfg, self.coordinator, self.metrics)
+        if cfg.authorization.allowlist_file:
+            self.access = AccessControl(cfg.authorization, cfg.node.network, self.metrics, self.audit)
+            self.access.server = self.server
+            if cfg.authorization.enforced:
+                self.server.access = self.access
+            await self.access.announce()
         self.source = TemplateSource(
             self.client,
             self._on_template,
             refresh_interval=cfg.node.refresh_interval,
             longpoll=cfg.node.longpoll,
-            zmq_endpoint=zmq,
+            zmq_endpoint=nodes[0][2] if len(nodes) == 1 else {name: zmq for name, _, zmq in nodes},
             on_health=lambda up: self.metrics.bitcoind_up.set(1 if up else 0),
+            empty_first_network=cfg.node.network if cfg.node.empty_block_first else None,
         )
         self.submitter.resubmit_pending()
         await self.source.fetch("start")
@@ -132,9 +158,13 @@ class PoolApp:
         sup = self.supervisor
         for name, loop_fn in self.source.loops().items():
             sup.start(name, loop_fn)
+        sup.start("node-health", self.client.run)
         sup.start("stratum-housekeeping", self.server.housekeeping)
+        if self.server.tls is not None:
+            sup.start("tls-accept", self.server.tls.accept_loop)
         sup.start("template-age", self._age_loop, required=False)
         sup.start("loop-lag", self._loop_lag, required=False)
+        sup.start("history", self.history.run, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
                                         on_change=self._on_block_status, in_flight=self.submitter.unresolved)
         # Maturity and payments run in one process per ledger: the holder of its leader lock.
@@ -150,6 +180,50 @@ class PoolApp:
             self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
                                              pc.payment_grace)
             sup.start("payments", self.leadership.gated(self.payments.run))
+
+    def _on_node_switch(self, before: Member | None, after: Member) -> None:
+        if before is not None:
+            self.metrics.node_switches.inc()
+        if self.source is not None:
+            self.source.node_switched(before, after)
+
+    def _on_node_probe(self, nodes: NodeSet) -> None:
+        for i, member in enumerate(nodes.members):
+            self.metrics.node_up.labels(member.name).set(1 if member.state.up else 0)
+            self.metrics.node_active.labels(member.name).set(1 if i == nodes.active else 0)
+            if member.state.height is not None:
+                self.metrics.node_tip_height.labels(member.name).set(member.state.height)
+
+    async def audit(self, kind: str, payload: dict[str, object]) -> None:
+        """Append an entry to the ledger's hash-chained audit log; a failure is logged, never raised (the
+        change it records has happened, and the operator must learn that its record did not land)."""
+        if self.ledger is None:
+            return
+        try:
+            await self.ledger.submit(lambda conn: book.audit(conn, kind, payload))
+        except Exception as exc:
+            log.error("audit_failed", kind=kind, error=str(exc))
+
+    async def reload_allowlist(self, source: str) -> ReloadResult:
+        """Re-read the allowlist (SIGHUP, ``POST /admin/allowlist/reload``); ReloadRefused keeps the old list."""
+        if self.access is None:
+            raise ReloadRefused("no allowlist file is configured (authorization.allowlist_file)")
+        return await self.access.reload(source)
+
+    def sighup(self) -> None:
+        """SIGHUP: re-read the Stratum TLS certificate and key, and the allowlist."""
+        if self.server is not None:
+            self.server.reload_tls()
+        if self.access is not None:
+            task = asyncio.ensure_future(self._reload_quietly("sighup"))
+            self._signal_tasks.add(task)
+            task.add_done_callback(self._signal_tasks.discard)
+
+    async def _reload_quietly(self, source: str) -> None:
+        try:
+            await self.reload_allowlist(source)
+        except ReloadRefused:
+            pass  # logged, counted and audited by the access control; the old list stays in force
 
     def _on_task_failure(self, task: str, error: BaseException | None) -> None:
         """Supervisor and ledger hook (any thread): every background failure is counted by task."""
@@ -172,6 +246,7 @@ class PoolApp:
         sent = self.server.broadcast(clean=new_tip) if self.server is not None else 0
         if new_tip:
             self.metrics.new_tip_notify_seconds.observe(time.perf_counter() - start)
+        self.metrics.templates.labels("empty" if reason == "zmq-empty" else "full").inc()
         (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason,
                                              miners=sent, txs=len(template.transactions))
 
@@ -221,6 +296,9 @@ class PoolApp:
         stats = self.coordinator.stats
         self.metrics.pool_hashrate.set(stats.pool_hashrate(now))
         self.metrics.workers_active.set(stats.active_workers(now))
+        best = self.coordinator.best
+        self.metrics.best_share.labels("round").set(best.pool_round.difficulty if best.pool_round else 0.0)
+        self.metrics.best_share.labels("all_time").set(best.pool_all_time.difficulty if best.pool_all_time else 0.0)
         self.metrics.worker_hashrate.clear()
         self.metrics.worker_last_share_age.clear()
         cap = self.config.metrics_max_worker_series
@@ -278,6 +356,19 @@ class PoolApp:
             "last_block": {"height": last.height, "hash": last.block_hash, "worker": last.worker,
                            "found_at": last.found_at} if last else None,
             "uptime_seconds": now - self.started_at,
+            "best_share": self._pool_best(),
+            "nodes": self.client.states() if self.client is not None else [],
+        }
+
+    def _pool_best(self) -> dict[str, object]:
+        """The pool's highest share this block round and all time, and who found it (kept across restarts)."""
+        best = self.coordinator.best if self.coordinator else None
+        if best is None:
+            return {"round": None, "all_time": None, "round_number": 0}
+        return {
+            "round": best.pool_round.as_dict() if best.pool_round else None,
+            "all_time": best.pool_all_time.as_dict() if best.pool_all_time else None,
+            "round_number": best.round_no,
         }
 
     def address_workers(self, address: str) -> list[dict[str, object]]:
@@ -295,11 +386,12 @@ class PoolApp:
         paid = dict(self.ledger.query(
             "SELECT status, SUM(amount) FROM payments WHERE address=? GROUP BY status", (address,)
         )) if self.ledger else {}
+        bests = self.ledger.best_for_address(address) if self.ledger else []
         payable = int(credits.get("payable", 0))
         sent = int(paid.get("sent", 0)) + int(paid.get("sending", 0))
         return {
             "address": address,
-            "known": bool(workers or shares or credits),
+            "known": bool(workers or shares or credits or bests),
             "balance": {
                 "pending_sats": int(credits.get("pending", 0)),
                 "payable_sats": payable - sent,
@@ -309,6 +401,12 @@ class PoolApp:
             "hashrate": sum(float(w["hashrate"]) for w in workers),  # type: ignore[arg-type]
             "workers": workers,
             "shares": [{"worker": w, "count": c, "difficulty": d} for w, c, d in shares],
+            # Per worker: highest share difficulty all time and in the current block round (across restarts).
+            "best_shares": bests,
+            "best_share": {
+                "all_time": max((float(b["best"]) for b in bests), default=0.0),
+                "round": max((float(b["round_best"]) for b in bests), default=0.0),
+            },
         }
 
     def recent_blocks(self, limit: int) -> list[dict[str, object]]:
@@ -338,6 +436,8 @@ class PoolApp:
             await self.submitter.drain()
         if self.coordinator is not None:
             await self.coordinator.drain()
+        if self.history is not None and self.ledger is not None and self.ledger.failure is None:
+            await self.history.flush()  # the last seconds of work, before the writer closes
         if self.ledger is not None:
             self.ledger.close()
         if self.client is not None:

@@ -9,6 +9,7 @@ catches them too.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
+from pool.mining.allowlist import Allowlist, AllowlistError, parse_allowlist
 from pool.server.guard import GuardConfig
 from pool.server.tls import TlsError, load_tls_context
 
@@ -27,6 +29,10 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
+    """One bitcoind. The pool-wide settings (``POOL_WIDE_NODE_KEYS``: network, longpoll, refresh_interval,
+    submit_retry_max_delay, empty_block_first) are written once, in the first node, and copied into the others."""
+
+    name: str = "node1"  # metric label and log field: configured, so bounded
     rpc_url: str = "http://127.0.0.1:8332"
     rpc_user: str = ""
     rpc_password: str = field(default="", repr=False)
@@ -37,6 +43,7 @@ class NodeConfig:
     longpoll: bool = True
     refresh_interval: float = 30.0
     submit_retry_max_delay: float = 5.0  # cap of the backoff between submitblock attempts to an unreachable node
+    empty_block_first: bool = True  # on a ZMQ tip: coinbase-only work at once, the full template after
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,8 @@ class StratumConfig:
     tls_port: int | None = None  # None: no TLS listener; 0: any free port
     tls_cert: str = ""
     tls_key: str = ""
+    proxy_protocol: bool = False  # every connection starts with a PROXY protocol v1/v2 header (load balancer)
+    proxy_trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # source networks allowed to send one
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +123,56 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """Chart history in the ledger (ledger/history.py): how often it is written and how long it is kept."""
+
+    flush_interval: float = 15.0  # seconds between writes of the work summed in memory
+    minutely_keep_hours: float = 48.0
+    hourly_keep_days: float = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """The read-only web pages (ops/dashboard.py), served on the metrics listener."""
+
+    enabled: bool = True
+    title: str = "pool"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationConfig:
+    """Who may mine: anyone with a valid address (``open``), or only licensed addresses (``allowlist``)."""
+
+    mode: str = "open"
+    allowlist_file: str = ""
+    drain_rate: float = 20.0  # sessions of removed addresses closed per second
+    allowlist: Allowlist | None = field(default=None, compare=False, repr=False)  # as read at start-up
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode == "allowlist"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportConfig:
+    """``pool report``: the fleet's energy efficiency, used for every site without one of its own."""
+
+    efficiency_j_per_th: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    node: NodeConfig = NodeConfig()
+    node: NodeConfig = NodeConfig()  # the first (preferred) bitcoind
+    extra_nodes: tuple[NodeConfig, ...] = ()  # more bitcoinds, in order of preference (``[[node]]``)
     stratum: StratumConfig = StratumConfig()
     difficulty: DifficultyConfig = DifficultyConfig()
     payout: PayoutConfig = PayoutConfig()
     regtest: RegtestConfig = RegtestConfig()
     admin: AdminConfig = AdminConfig()
+    history: HistoryConfig = HistoryConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    authorization: AuthorizationConfig = AuthorizationConfig()
+    report: ReportConfig = ReportConfig()
     data_dir: str = "data"
     ledger_path: str = ""
     ledger_url: str = ""  # postgresql://user@host:port/db selects PostgreSQL (else the SQLite file)
@@ -131,6 +183,11 @@ class Config:
     metrics_max_worker_series: int = 500
     log_level: str = "info"
     log_format: str = "auto"
+
+    @property
+    def nodes(self) -> tuple[NodeConfig, ...]:
+        """Every configured bitcoind, the preferred first."""
+        return (self.node, *self.extra_nodes)
 
     @property
     def ledger_file(self) -> Path:
@@ -239,24 +296,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     """Build a Config from parsed TOML; raise ConfigError naming the first bad key."""
     env = dict(os.environ if env is None else env)
     raw = dict(raw)
-    n = _section(raw, "node")
-    node = NodeConfig(
-        rpc_url=n.string("rpc_url", "http://127.0.0.1:8332"),
-        rpc_user=n.string("rpc_user", env.get("POOL_RPC_USER", "")),
-        rpc_password=n.string("rpc_password", env.get("POOL_RPC_PASSWORD", "")),
-        rpc_cookie_file=n.string("rpc_cookie_file", ""),
-        rpc_timeout=n.number("rpc_timeout", 30.0, 1, 600),
-        network=n.choice("network", "main", tuple(NETWORKS)),
-        zmq_hashblock=n.string("zmq_hashblock", ""),
-        longpoll=n.boolean("longpoll", True),
-        refresh_interval=n.number("refresh_interval", 30.0, 1, 110),
-        submit_retry_max_delay=n.number("submit_retry_max_delay", 5.0, 0.2, 60),
-    )
-    n.done()
-    if not node.rpc_url.startswith(("http://", "https://")):
-        raise ConfigError(f"node.rpc_url must start with http:// or https://, got {node.rpc_url!r}")
-    if node.zmq_hashblock:
-        _check_zmq_endpoint("node.zmq_hashblock", node.zmq_hashblock)
+    nodes = _nodes(raw.pop("node", {}), env)
+    node = nodes[0]
 
     s = _section(raw, "stratum")
     mask_text = s.string("version_mask", "1fffe000")
@@ -299,8 +340,13 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         tls_port=s.optional_integer("tls_port", 0, 65535),
         tls_cert=s.string("tls_cert", ""),
         tls_key=s.string("tls_key", ""),
+        proxy_protocol=s.boolean("proxy_protocol", False),
+        proxy_trusted=_networks(s, "proxy_trusted", ("127.0.0.0/8", "::1/128")),
     )
     s.done()
+    if stratum.proxy_protocol and not stratum.proxy_trusted:
+        raise ConfigError("stratum.proxy_trusted is empty while stratum.proxy_protocol = true: no connection could"
+                          " be accepted; list the load balancers' networks")
     if len(stratum.pool_tag.encode()) > 60:
         raise ConfigError("stratum.pool_tag must be at most 60 bytes")
     _check_tls(stratum)
@@ -341,6 +387,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         zmq_port=r.integer("zmq_port", 0, 0, 65535),
     )
     r.done()
+    if regtest.managed and len(nodes) > 1:
+        raise ConfigError("regtest.managed = true starts one bitcoind of its own: list no further [[node]] entries")
     if regtest.managed and node.network != "regtest":
         raise ConfigError("regtest.managed = true needs node.network = \"regtest\"")
     if payout.pool_address:
@@ -352,6 +400,11 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"payout.pool_address is required for scheme {payout.scheme!r}")
 
     admin = _admin(_section(raw, "admin"), env)
+    history, dashboard = _history(_section(raw, "history")), _dashboard(_section(raw, "dashboard"))
+    authorization = _authorization(_section(raw, "authorization"), node.network)
+    rp = _section(raw, "report")
+    report = ReportConfig(efficiency_j_per_th=rp.number("efficiency_j_per_th", 30.0, 0.001, 1e6))
+    rp.done()
 
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
@@ -360,11 +413,16 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     log_table = _Reader(top._get("logging", {}, (dict,), "a table"), "logging")
     config = Config(
         node=node,
+        extra_nodes=nodes[1:],
         stratum=stratum,
         difficulty=difficulty,
         payout=payout,
         regtest=regtest,
         admin=admin,
+        history=history,
+        dashboard=dashboard,
+        authorization=authorization,
+        report=report,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
         ledger_url=ledger_url,
@@ -382,6 +440,81 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError("an admin token is set but metrics.enabled = false and admin.port is not set:"
                           " set admin.port to serve the admin API on a listener of its own")
     return config
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_NODES = 16
+# Written once, in the first node; the same for every bitcoind the pool uses.
+POOL_WIDE_NODE_KEYS = ("network", "longpoll", "refresh_interval", "submit_retry_max_delay", "empty_block_first")
+
+
+def _nodes(table: Any, env: dict[str, str]) -> tuple[NodeConfig, ...]:
+    """``[node]`` (one bitcoind) or ``[[node]]`` (several, the preferred first); each entry is checked alone,
+    then together (names and URLs unique)."""
+    if isinstance(table, dict):
+        entries, plural = [table], False
+    elif isinstance(table, list) and table and all(isinstance(t, dict) for t in table):
+        entries, plural = table, True
+    else:
+        raise ConfigError("node must be a table ([node]) or a non-empty list of tables ([[node]])")
+    if len(entries) > MAX_NODES:
+        raise ConfigError(f"node: at most {MAX_NODES} [[node]] entries, got {len(entries)}")
+    nodes: list[NodeConfig] = []
+    for i, entry in enumerate(entries):
+        section = f"node[{i + 1}]" if plural else "node"
+        if i > 0:
+            for key in POOL_WIDE_NODE_KEYS:
+                if key in entry:
+                    raise ConfigError(f"{section}.{key}: {', '.join(POOL_WIDE_NODE_KEYS)} are pool-wide; write them"
+                                      " in the first [[node]] entry only")
+        nodes.append(_node(_Reader(entry, section), section, i, env, nodes[0] if nodes else None))
+    seen_names: dict[str, int] = {}
+    seen_urls: dict[str, int] = {}
+    for i, n in enumerate(nodes, 1):
+        if n.name in seen_names:
+            raise ConfigError(f"node[{i}].name {n.name!r} is already used by node[{seen_names[n.name]}]")
+        if n.rpc_url.rstrip("/") in seen_urls:
+            raise ConfigError(f"node[{i}].rpc_url {n.rpc_url!r} is already used by node[{seen_urls[n.rpc_url.rstrip('/')]}]")
+        seen_names[n.name] = seen_urls[n.rpc_url.rstrip("/")] = i
+    return tuple(nodes)
+
+
+def _node(n: _Reader, section: str, index: int, env: dict[str, str], first: NodeConfig | None) -> NodeConfig:
+    name = n.string("name", f"node{index + 1}")
+    if not NODE_NAME.fullmatch(name):
+        raise ConfigError(f"{section}.name must be 1-32 letters, digits, '.', '_' or '-', got {name!r}")
+    node = NodeConfig(
+        name=name,
+        rpc_url=n.string("rpc_url", "http://127.0.0.1:8332"),
+        rpc_user=n.string("rpc_user", env.get("POOL_RPC_USER", "")),
+        rpc_password=n.string("rpc_password", env.get("POOL_RPC_PASSWORD", "")),
+        rpc_cookie_file=n.string("rpc_cookie_file", ""),
+        rpc_timeout=n.number("rpc_timeout", 30.0, 1, 600),
+        network=first.network if first else n.choice("network", "main", tuple(NETWORKS)),
+        zmq_hashblock=n.string("zmq_hashblock", ""),
+        longpoll=first.longpoll if first else n.boolean("longpoll", True),
+        refresh_interval=first.refresh_interval if first else n.number("refresh_interval", 30.0, 1, 110),
+        submit_retry_max_delay=(first.submit_retry_max_delay if first
+                                else n.number("submit_retry_max_delay", 5.0, 0.2, 60)),
+        empty_block_first=first.empty_block_first if first else n.boolean("empty_block_first", True),
+    )
+    n.done()
+    if not node.rpc_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{section}.rpc_url must start with http:// or https://, got {node.rpc_url!r}")
+    if node.zmq_hashblock:
+        _check_zmq_endpoint(f"{section}.zmq_hashblock", node.zmq_hashblock)
+    return node
+
+
+def _networks(s: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of CIDR networks (``10.0.0.0/8``, ``2001:db8::/32``; a bare address is one host)."""
+    values = s.string_list(key) if key in s._t else default
+    for value in values:
+        try:
+            ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"stratum.{key}: {value!r} is not an IP network (like 10.0.0.0/8): {exc}") from exc
+    return tuple(v.strip() for v in values)
 
 
 def _check_tls(stratum: StratumConfig) -> None:
@@ -430,6 +563,27 @@ def _ledger_url(t: _Reader, env: dict[str, str]) -> tuple[str, str]:
     return url, password
 
 
+def _history(h: _Reader) -> HistoryConfig:
+    history = HistoryConfig(
+        flush_interval=h.number("flush_interval", 15.0, 1, 300),
+        minutely_keep_hours=h.number("minutely_keep_hours", 48.0, 1, 24 * 31),
+        hourly_keep_days=h.number("hourly_keep_days", 90.0, 1, 3660),
+    )
+    h.done()
+    if history.hourly_keep_days * 24 < history.minutely_keep_hours:
+        raise ConfigError("history.hourly_keep_days must cover history.minutely_keep_hours"
+                          " (hourly rows outlive minutely ones)")
+    return history
+
+
+def _dashboard(d: _Reader) -> DashboardConfig:
+    dashboard = DashboardConfig(enabled=d.boolean("enabled", True), title=d.string("title", "pool").strip())
+    d.done()
+    if not 0 < len(dashboard.title) <= 80 or not dashboard.title.isprintable():
+        raise ConfigError(f"dashboard.title must be 1-80 printable characters, got {dashboard.title[:90]!r}")
+    return dashboard
+
+
 def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
     token = a.string("token", "")
     token_file = a.string("token_file", "")
@@ -461,6 +615,31 @@ def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
         raise ConfigError("admin.port is set but no admin token is configured"
                           " (admin.token, admin.token_file or POOL_ADMIN_TOKEN)")
     return admin
+
+
+def read_allowlist(path: str, network: str) -> Allowlist:
+    """Read and parse the allowlist file; AllowlistError (bad lines, with numbers) or OSError (unreadable)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return parse_allowlist(text, network, source=path)
+
+
+def _authorization(a: _Reader, network: str) -> AuthorizationConfig:
+    mode = a.choice("mode", "open", ("open", "allowlist"))
+    path = a.string("allowlist_file", "")
+    drain_rate = a.number("drain_rate", 20.0, 0.1, 100_000)
+    a.done()
+    allowlist = None
+    if mode == "allowlist" and not path:
+        raise ConfigError('authorization.mode = "allowlist" needs authorization.allowlist_file')
+    if path:
+        try:
+            allowlist = read_allowlist(path, network)
+        except AllowlistError as exc:
+            raise ConfigError(f"authorization.allowlist_file {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"authorization.allowlist_file: cannot read {path!r}: {exc}") from exc
+    return AuthorizationConfig(mode, path, drain_rate, allowlist)
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the pool and its tests need on a fresh machine: a virtualenv with the project
-# (C extension compiled) and its test tools, and a cached regtest bitcoind. Safe to run again: fast when done.
+# (C extension compiled) and its test tools, a cached regtest bitcoind, and Debian's Chromium for the
+# dashboard's browser tests. Safe to run again: fast when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -36,5 +37,17 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${POOL_PG_BIN:
                 pg_ctlcluster "$version" "$name" stop >/dev/null 2>&1 || true
             done
         fi
+    fi
+fi
+# The dashboard tests drive a real headless Chromium from the distribution's packages (Playwright is only the
+# driver: its own browser download is never used). Without it those tests skip, naming the reason (on CI they fail).
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] installing chromium (apt-get) for the dashboard's browser tests" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+    else
+        echo "[setup] /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get):" \
+             "the dashboard's browser tests will skip; as root: apt-get update && apt-get install -y chromium" >&2
     fi
 fi

@@ -153,7 +153,7 @@ def fresh_regtest(tmp_path: Path, bitcoind_dir: Path) -> Iterator[RegtestNode]:
         node.stop()
 
 
-def pool_config(node: RegtestNode, data_dir: Path, **overrides: dict) -> object:
+def pool_config(node: RegtestNode, data_dir: Path, /, **overrides: dict) -> object:
     """Config for an in-process pool on ``node``: Stratum on a free 127.0.0.1 port, tiny difficulty."""
     from pool.config import parse_config
 
@@ -183,7 +183,7 @@ def pool_config(node: RegtestNode, data_dir: Path, **overrides: dict) -> object:
 
 
 @contextlib.asynccontextmanager
-async def running_pool(node: RegtestNode, data_dir: Path, **overrides: Any) -> AsyncIterator[Any]:
+async def running_pool(node: RegtestNode, data_dir: Path, /, **overrides: Any) -> AsyncIterator[Any]:
     """An in-process pool on ``node`` (``pool_config`` with ``overrides``), stopped on the way out."""
     from pool.app import PoolApp
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from pool.ledger import window
+from pool.ledger import history, window
 from pool.ledger.accounting import Split, pps_value, solo_split
 
 GENESIS = "0" * 64
@@ -160,6 +160,7 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """
+SCHEMA += history.SCHEMA  # chart roll-ups of accepted work (history.py)
 
 # Block states and what they mean for the block's credits.
 PENDING, CONFIRMED, ORPHANED, REJECTED = "pending", "confirmed", "orphaned", "rejected"

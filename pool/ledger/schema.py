@@ -1,6 +1,6 @@
 """The ledger's schema, versioned, set up at start on SQLite and PostgreSQL alike.
 
-``book.SCHEMA`` (every ``CREATE ... IF NOT EXISTS``, written once in the SQLite flavour that ``dialect.ddl``
+``book.SCHEMA`` and ``best.SCHEMA`` (every ``CREATE ... IF NOT EXISTS``, written once in the SQLite flavour that ``dialect.ddl``
 translates) is applied at every start, so a new table simply appears. A change that ``IF NOT EXISTS`` cannot
 express (a new column, a backfill) is a numbered step in ``MIGRATIONS``; ``schema_version`` records the last
 step applied. A ledger written by a newer pool (its version above ``VERSION``) is refused before anything is
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pool.ledger import book, dialect
+from pool.ledger import best, book, dialect
 
 VERSION = 1
 
@@ -59,7 +59,8 @@ def prepare(conn: Any, where: str) -> int:
         conn.execute("BEGIN IMMEDIATE")  # one process at a time, with the write lock
         try:
             version = check(conn, where)
-            conn.executescript(dialect.ddl(book.SCHEMA, d) + PG_AUDIT_GUARD + dialect.ddl(VERSION_TABLE, d))
+            conn.executescript(dialect.ddl(book.SCHEMA + best.SCHEMA, d) + PG_AUDIT_GUARD
+                               + dialect.ddl(VERSION_TABLE, d))
             _upgrade(conn, version)
         except BaseException:
             conn.execute("ROLLBACK")
@@ -68,6 +69,7 @@ def prepare(conn: Any, where: str) -> int:
         return VERSION
     version = check(conn, where)
     conn.executescript(book.SCHEMA)
+    conn.executescript(best.SCHEMA)
     book.migrate(conn)  # idempotent column additions from before versioning (their own short transactions)
     conn.execute("BEGIN IMMEDIATE")
     try:

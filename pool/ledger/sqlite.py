@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from pool.ledger import book, dialect, pg, rollup, schema, window
+from pool.ledger import best, book, dialect, pg, rollup, schema, window
 from pool.ledger.book import AuditEntry
 
 log = structlog.get_logger("pool.ledger")
@@ -118,7 +118,7 @@ class Ledger:
         self._max_wait = max_wait
         conn = self._connect()
         try:
-            self.schema_version = schema.prepare(conn, self.where)
+            self.schema_version = schema.prepare(conn, self.where)  # book.SCHEMA and best.SCHEMA, versioned
         finally:
             conn.close()
         self._stopped = False
@@ -174,6 +174,11 @@ class Ledger:
     def record_block(self, b: BlockRecord) -> asyncio.Future[Any]:
         policy = self.policy
         return self.submit(lambda c: book.insert_block(c, policy, b))
+
+    def record_best(self, row: best.Row) -> asyncio.Future[Any]:
+        """A worker's raised best-share record, in the same group commit as the share that set it (queued
+        right behind it)."""
+        return self.submit(lambda c: best.upsert(c, [row]))
 
     def set_block_status(self, block_hash: str, status: str, confirmations: int = 0) -> asyncio.Future[Any]:
         return self.submit(lambda c: book.set_block_status(c, block_hash, status, confirmations))
@@ -431,6 +436,13 @@ class Ledger:
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self.read(lambda conn: conn.execute(sql, params).fetchall())
+
+    def best_shares(self) -> tuple[list[best.Row], int]:
+        """Every worker's best-share records and the current round number (at start)."""
+        return self.read(best.load)
+
+    def best_for_address(self, address: str) -> list[dict[str, Any]]:
+        return self.read(lambda conn: best.for_address(conn, address))
 
     def audit_entries(self) -> list[AuditEntry]:
         return self.read(book.read_audit)

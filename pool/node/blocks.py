@@ -113,6 +113,9 @@ class BlockSubmitter:
         self._retry = retry or RetryPolicy()
         self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="block-file")
         self._tasks: set[asyncio.Task[object]] = set()
+        # Nodes still being sent a block another node already answered for (one may be down for hours):
+        # not waited for at shutdown.
+        self._extras: set[asyncio.Future[object]] = set()
         self._unresolved: dict[str, FoundBlock] = {}
         self._sent_at: dict[str, float] = {}  # block hash -> perf_counter when its first request went out
 
@@ -178,7 +181,8 @@ class BlockSubmitter:
             raise
         for t in per_node:  # the other nodes still get the block, in the background
             if not t.done():
-                self._track(t)
+                self._extras.add(t)
+                t.add_done_callback(self._extras.discard)
         answer = answer or rejections[0]
         resolved = time.perf_counter() - block.found_clock
         self._unresolved.pop(block.block_hash, None)
@@ -304,7 +308,10 @@ class BlockSubmitter:
         return tasks
 
     async def drain(self, timeout: float = 30.0) -> None:
-        """Wait for in-flight submissions at shutdown; what is left stays pending on disk."""
+        """Wait for in-flight submissions at shutdown; what is left stays pending on disk. Sending a block to
+        the other nodes once one has answered for it is not waited for."""
+        for extra in list(self._extras):
+            extra.cancel()
         if self._tasks:
             _, left = await asyncio.wait(list(self._tasks), timeout=timeout)
             for task in left:

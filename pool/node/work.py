@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
 from pool.mining.jobs import BlockTemplate, PreparedTemplate, TemplateError, parse_template
+from pool.mining.speculate import HeaderError, empty_successor
+from pool.node.nodeset import Member, NodeSet
 from pool.node.rpc import NodeClient, NodeError, NodeUnavailable
 
 log = structlog.get_logger("pool.node.work")
@@ -28,22 +30,33 @@ TemplateCallback = Callable[[BlockTemplate, bool, str], None]
 
 
 class TemplateSource:
-    """Keeps the pool's template current; one fetch at a time, triggers coalesced."""
+    """Keeps the pool's template current; one fetch at a time, triggers coalesced.
+
+    ``client`` is one bitcoind, or a ``NodeSet`` of several (templates from the active one, failing over).
+    ``zmq_endpoint`` is one endpoint, or one per node name; only the active node's announcements count for
+    trusting ZMQ, another node's makes the node set probe at once (the active node may be behind).
+    """
 
     def __init__(
         self,
-        client: NodeClient,
+        client: NodeClient | NodeSet,
         on_template: TemplateCallback,
         refresh_interval: float = 30.0,
         longpoll: bool = True,
-        zmq_endpoint: str = "",
+        zmq_endpoint: str | Mapping[str, str] = "",
         on_health: Callable[[bool], None] | None = None,
+        empty_first_network: str | None = None,
     ) -> None:
         self._client = client
+        self._nodes = client if isinstance(client, NodeSet) else None
         self._on_template = on_template
         self._refresh = refresh_interval
         self._longpoll = longpoll
-        self._zmq_endpoint = zmq_endpoint
+        if isinstance(zmq_endpoint, str):
+            self._zmq_endpoints = {"": zmq_endpoint} if zmq_endpoint else {}
+        else:
+            self._zmq_endpoints = {name: ep for name, ep in zmq_endpoint.items() if ep}
+        self._has_zmq = bool(self._zmq_endpoints)
         self._on_health = on_health
         self._wake = asyncio.Event()
         self._reason = "start"
@@ -54,6 +67,12 @@ class TemplateSource:
         self._zmq_announced: deque[str] = deque(maxlen=8)
         self.fetched_at = 0.0
         self.healthy = False
+        # Empty-block work on a ZMQ tip before the full template (None: off). While it is in place, a full
+        # template on the tip it replaced is a fetch that started before the block: dropped, not a step back.
+        self._empty_first = empty_first_network
+        self._speculating: set[asyncio.Task[None]] = set()
+        self._replaced_tip: bytes | None = None
+        self.speculative = False
 
     def trigger(self, reason: str) -> None:
         """Ask for a fetch now (a block was found, ZMQ said so, ...)."""
@@ -70,9 +89,17 @@ class TemplateSource:
         loops: dict[str, Callable[[], Awaitable[None]]] = {"template-refresh": self._refresh_loop}
         if self._longpoll:
             loops["template-longpoll"] = self._longpoll_loop
-        if self._zmq_endpoint:
-            loops["template-zmq"] = self._zmq_loop
+        for name, endpoint in self._zmq_endpoints.items():
+            key = f"template-zmq-{name}" if name else "template-zmq"
+            loops[key] = lambda name=name, endpoint=endpoint: self._zmq_loop(name, endpoint)  # type: ignore[misc]
         return loops
+
+    def node_switched(self, before: Member | None, after: Member) -> None:
+        """The node set chose another bitcoind: fetch from it now; ZMQ trust is earned again by its own
+        announcements (the new node may have no ZMQ at all)."""
+        self.zmq_trusted = False
+        if before is not None:
+            self.trigger("failover")
 
     def _set_health(self, healthy: bool) -> None:
         if healthy != self.healthy:
@@ -96,14 +123,20 @@ class TemplateSource:
         self._deliver(prepared, reason)
         return True
 
-    def _deliver(self, prepared: PreparedTemplate, reason: str) -> None:
+    def _deliver(self, prepared: PreparedTemplate, reason: str, speculative: bool = False) -> None:
         template = prepared.template
+        if self.speculative and template.prevhash == self._replaced_tip:
+            log.debug("template_behind_empty_tip_dropped", height=template.height, reason=reason)
+            self.trigger("behind-empty-tip")
+            return
         new_tip = self.template is None or template.prevhash != self.template.prevhash
+        self.speculative = speculative
+        self._replaced_tip = self.template.prevhash if speculative and self.template is not None else None
         self.template = template
         self.prepared = prepared
         self.fetched_at = time.monotonic()
         self._set_health(True)
-        if new_tip and self._zmq_endpoint:
+        if new_tip and self._has_zmq:
             # ZMQ earns trust by announcing tips; a periodic refresh that finds a tip ZMQ has not announced
             # means ZMQ missed it (bitcoind restarted without -zmqpubhashblock, a broken socket): long polling
             # resumes until ZMQ announces a tip again.
@@ -114,12 +147,51 @@ class TemplateSource:
                 log.warning("zmq_missed_a_block", height=template.height, note="long polling resumes")
         self._on_template(template, new_tip, reason)
 
-    def _zmq_announce(self, block_hash: str) -> None:
-        """A ZMQ hashblock: remembered (a few), and trusted at once if the tip it names is already ours."""
+    def _zmq_announce(self, block_hash: str, node: str = "") -> None:
+        """A ZMQ hashblock: remembered (a few), and trusted at once if the tip it names is already ours.
+
+        From a node that is not the active one: the node set probes now (is the active node behind?), and
+        when the active node has no ZMQ of its own a fetch is asked for too (it most likely has the block).
+        """
+        if node and self._nodes is not None and node != self._nodes.active_name:
+            self._nodes.wake()
+            if self._nodes.active_name not in self._zmq_endpoints:
+                self.trigger("zmq")
+            return
         self._zmq_announced.append(block_hash)
         if self.template is not None and self.template.prevhash_hex == block_hash:
             self.zmq_trusted = True
+        elif self._empty_first and self.template is not None and block_hash:
+            # The full fetch waits for the empty work to be out: decoding megabytes of template JSON on the RPC
+            # thread holds the GIL for tens of milliseconds, which would delay the header and the broadcast.
+            task = asyncio.ensure_future(self._speculate(block_hash))
+            self._speculating.add(task)
+            task.add_done_callback(self._speculating.discard)
+            task.add_done_callback(lambda _: self.trigger("zmq"))
+            return
         self.trigger("zmq")
+
+    async def _speculate(self, block_hash: str) -> None:
+        """Deliver the coinbase-only template on the announced tip (one getblockheader away), unless a full
+        template for it, or a newer tip, got here first. Never raises: the full fetch follows regardless."""
+        try:
+            header = await self._client.call("getblockheader", block_hash)
+            current = self.template
+            if current is None or current.prevhash_hex == block_hash or self._empty_first is None:
+                return
+            empty = empty_successor(current, header, self._empty_first, int(time.time()))
+            if empty is None or empty.height < current.height:
+                return
+            prepared = PreparedTemplate.from_template(empty)  # no transactions: microseconds
+        except (NodeUnavailable, NodeError, HeaderError, TemplateError) as exc:
+            log.debug("empty_template_skipped", block_hash=block_hash, error=str(exc))
+            return
+        except Exception:  # noqa: BLE001 - a speculation must never take the tip announcement down with it
+            log.exception("empty_template_failed", block_hash=block_hash)
+            return
+        if self.template is not None and self.template.prevhash_hex == block_hash:
+            return  # the full template arrived while the header was on its way
+        self._deliver(prepared, "zmq-empty", speculative=True)
 
     async def _refresh_loop(self) -> None:
         backoff = 0.25
@@ -157,8 +229,12 @@ class TemplateSource:
             # may return bitcoind's cached template (same id), which would make the poll return at once.
             if poll_id is None or not poll_id.startswith(template.prevhash_hex):
                 poll_id = template.longpollid
+            generation = self._nodes.generation if self._nodes is not None else 0
             try:
                 gbt = await self._client.longpoll_template(poll_id, timeout=max(90.0, self._refresh * 3))
+                if self._nodes is not None and self._nodes.generation != generation:
+                    poll_id = None  # answered by a node no longer in use: poll the active one
+                    continue
                 ready = await asyncio.to_thread(prepare, gbt)
                 fresh = ready.template
             except (NodeUnavailable, NodeError, TemplateError) as exc:
@@ -186,7 +262,7 @@ class TemplateSource:
         extra multi-megabyte template decoded is GIL time taken from the loop that answers miners."""
         fresh = ready.template
         async with self._lock:
-            if self.template is not None and self.template.prevhash == fresh.prevhash:
+            if self.template is not None and self.template.prevhash == fresh.prevhash and not self.speculative:
                 return
             try:
                 best = await self._client.call("getbestblockhash")
@@ -197,7 +273,7 @@ class TemplateSource:
             else:
                 await self._fetch_locked("longpoll")
 
-    async def _zmq_loop(self) -> None:
+    async def _zmq_loop(self, node: str, endpoint: str) -> None:
         import zmq
         import zmq.asyncio
 
@@ -206,13 +282,13 @@ class TemplateSource:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"hashblock")
         try:
-            sock.connect(self._zmq_endpoint)
-            log.info("zmq_subscribed", endpoint=self._zmq_endpoint)
+            sock.connect(endpoint)
+            log.info("zmq_subscribed", endpoint=endpoint, node=node or None)
             while True:
                 parts = await sock.recv_multipart()
                 if parts and parts[0] == b"hashblock":
                     block_hash = parts[1].hex() if len(parts) > 1 else ""
-                    log.debug("zmq_hashblock", block_hash=block_hash)
-                    self._zmq_announce(block_hash)
+                    log.debug("zmq_hashblock", block_hash=block_hash, node=node or None)
+                    self._zmq_announce(block_hash, node)
         finally:
             sock.close(0)

@@ -1,4 +1,4 @@
-"""The operator's admin API: ``POST /admin/reconnect`` and ``POST /admin/version-mask``.
+"""The operator's admin API: ``POST /admin/reconnect``, ``/admin/version-mask`` and ``/admin/allowlist/reload``.
 
 Whoever can use these moves the pool's whole hashrate, so they are off unless a token is configured
 (``admin.token``, ``admin.token_file`` or ``POOL_ADMIN_TOKEN``), and then every request needs
@@ -29,6 +29,7 @@ from aiohttp import web
 
 from pool.config import BIP320_MASK
 from pool.ledger import book
+from pool.server.access import ReloadRefused
 from pool.server.guard import TokenBucket
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class AdminApi:
         return [
             web.post("/admin/reconnect", self.reconnect),
             web.post("/admin/version-mask", self.version_mask),
+            web.post("/admin/allowlist/reload", self.allowlist_reload),
         ]
 
     # ---- handlers ------------------------------------------------------------------------------------------
@@ -108,6 +110,19 @@ class AdminApi:
         count = server.set_version_mask(mask) if server else 0
         await self._record(request, action, {"mask": f"{mask:08x}"}, "ok", miners=count)
         return web.json_response({"sent": count, "mask": f"{mask:08x}"})
+
+    async def allowlist_reload(self, request: web.Request) -> web.Response:
+        """Re-read the allowlist file now; a bad file is refused (422, each bad line named), the old list kept."""
+        action = "allowlist-reload"
+        if (refusal := await self._authenticate(request, action)) is not None:
+            return refusal
+        try:
+            result = await self.pool.reload_allowlist("admin")
+        except ReloadRefused as exc:
+            await self._record(request, action, {}, "refused", reason="bad-allowlist")
+            return web.json_response({"error": str(exc), "kept": True}, status=422)
+        await self._record(request, action, result.as_dict(), "ok", miners=result.draining)
+        return web.json_response(result.as_dict())
 
     # ---- authentication ------------------------------------------------------------------------------------
 

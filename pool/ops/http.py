@@ -1,4 +1,5 @@
-"""HTTP endpoints beside the pool (aiohttp): /metrics, /healthz, /readyz, the JSON stats API and the admin API.
+"""HTTP endpoints beside the pool (aiohttp): /metrics, /healthz, /readyz, the JSON stats API, the read-only web
+dashboard (pool/ops/dashboard.py) and the admin API.
 
 Same process and port as the metrics, bound to 127.0.0.1 by default: it serves operators and their
 Prometheus, not the public. The admin routes (pool/ops/admin.py) exist only with an admin token, and with
@@ -20,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pool.ops.admin import AdminApi
+from pool.ops.dashboard import Dashboard
 
 if TYPE_CHECKING:
     from pool.app import PoolApp
@@ -54,6 +56,8 @@ class HttpApi:
                 web.get("/api/blocks", self.api_blocks),
             ]
         )
+        self.dashboard = Dashboard(app)  # read-only pages and the history API (pool/ops/dashboard.py)
+        self.web.add_routes(self.dashboard.api_routes() + self.dashboard.page_routes())
         self.admin_web: web.Application | None = None
         if self.admin is not None:
             if admin_config.port is None:

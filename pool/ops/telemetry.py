@@ -54,6 +54,11 @@ class Metrics:
         self.sessions = Gauge("pool_sessions", "Stratum sessions by state", ["state"], registry=r)
         self.connects = Counter("pool_connects_total", "Accepted TCP connections", registry=r)
         self.disconnects = Counter("pool_disconnects_total", "Closed connections by reason", ["reason"], registry=r)
+        self.proxy_headers = Counter(
+            "pool_proxy_headers_total",
+            "PROXY protocol headers by outcome: v1/v2 (miner address taken), own-address (UNKNOWN/LOCAL), or why"
+            " the connection was refused (invalid, untrusted, timeout, eof, reset)",
+            ["outcome"], registry=r)
         self.subscribes = Counter("pool_subscribes_total", "mining.subscribe requests answered", registry=r)
         self.authorizes = Counter("pool_authorizes_total", "mining.authorize by result", ["result"], registry=r)
         self.protocol_errors = Counter(
@@ -124,11 +129,22 @@ class Metrics:
             registry=r,
         )
         self.jobs_broadcast = Counter("pool_jobs_broadcast_total", "Job broadcasts by kind", ["kind"], registry=r)
+        self.templates = Counter(
+            "pool_templates_total", "Templates adopted: full (getblocktemplate) or empty (coinbase-only, new tip)",
+            ["kind"], registry=r)
         self.bitcoind_up = Gauge("pool_bitcoind_up", "1 when bitcoind answers and gives templates", registry=r)
         self.ledger_up = Gauge("pool_ledger_up", "1 while the ledger writer has its database (0: PostgreSQL"
                                " unreachable, shares answered 'not recorded')", registry=r)
         self.ledger_leader = Gauge("pool_ledger_leader", "1 while this process holds the ledger's leader lock and"
                                    " runs maturity and payments", registry=r)
+        # One series per configured bitcoind ([[node]] names): bounded by the config.
+        self.node_up = Gauge("pool_node_up", "1 when this bitcoind answered its last health probe on the right chain",
+                             ["node"], registry=r)
+        self.node_active = Gauge("pool_node_active", "1 for the bitcoind templates come from", ["node"], registry=r)
+        self.node_tip_height = Gauge("pool_node_tip_height", "Height of this bitcoind's tip at its last probe",
+                                     ["node"], registry=r)
+        self.node_switches = Counter("pool_node_switches_total",
+                                     "Template source moved to another bitcoind (failure, or a tip behind)", registry=r)
         self.rpc_seconds = Histogram(
             "pool_bitcoind_rpc_seconds", "bitcoind RPC latency by method", ["method"], registry=r
         )
@@ -156,6 +172,29 @@ class Metrics:
         self.admin_actions = Counter(
             "pool_admin_actions_total", "Authenticated admin API requests by action and outcome (ok, refused)",
             ["action", "outcome"], registry=r,
+        )
+        self.authorize_refusals = Counter(
+            "pool_authorize_refusals_total",
+            "mining.authorize refused, by reason: not-allowlisted (authorization.mode = allowlist),"
+            " invalid-username, too-many-workers, too-many-payout-addresses",
+            ["reason"],
+            registry=r,
+        )
+        self.allowlist_entries = Gauge("pool_allowlist_entries", "Addresses on the allowlist in force", registry=r)
+        self.allowlist_reloads = Counter(
+            "pool_allowlist_reloads_total", "Allowlist reloads (SIGHUP, admin API) by result: ok, refused (bad"
+            " file; the list in force is kept)", ["result"], registry=r,
+        )
+        self.allowlist_drained = Counter(
+            "pool_allowlist_drained_sessions_total", "Sessions closed because their address left the allowlist",
+            registry=r,
+        )
+        self.best_share = Gauge(
+            "pool_best_share_difficulty",
+            "Highest share difficulty the pool has seen: in the current block round (since the pool's last found"
+            " block) and all time (kept across restarts)",
+            ["scope"],
+            registry=r,
         )
         self.tls_reloads = Counter(
             "pool_tls_reloads_total", "Stratum TLS certificate reloads (SIGHUP) by result", ["result"], registry=r

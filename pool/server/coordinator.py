@@ -19,7 +19,9 @@ from pool.bitcoin.coinbase import TxOut
 from pool.config import Config
 from pool.ledger import journal
 from pool.ledger.accounting import fee_basis_points
+from pool.ledger.history import WorkHistory
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
+from pool.mining.best import BestShares
 from pool.mining.jobs import BlockTemplate, Job, JobBook, PreparedTemplate, make_job
 from pool.mining.shares import Accepted, Reject, ShareResult, check_submission
 from pool.mining.stats import PoolStats
@@ -59,6 +61,8 @@ class Coordinator:
         self.blocks_found = 0
         self.last_block: FoundBlock | None = None
         self.stats = PoolStats()
+        self.history = WorkHistory()  # accepted work per minute for the charts, written by HistoryWriter
+        self.best = BestShares()  # loaded from the ledger at start (PoolApp)
         self._prepared_at = 0.0
         self._block_writes: set[asyncio.Task[None]] = set()
         self._journal_dir = Path(config.data_dir) / "blocks" / "rows"
@@ -169,7 +173,11 @@ class Coordinator:
             self._accepted_count.inc()
             self.metrics.accepted_difficulty.inc(result.difficulty)
             self.stats.accepted(worker.address, worker.name, result.difficulty, now)
+            self.history.add(worker.address, worker.name, result.difficulty, now)
             committed = self.ledger.record_share(self.share_record(result, worker))
+            record = self.best.offer(worker.address, worker.name, result.hash_difficulty, now)
+            if record is not None:  # rare: written behind the share, in the same group commit
+                self.ledger.record_best(record.row()).add_done_callback(_best_written)
             if result.is_block:
                 committed = _after(committed, self._block_found(result, worker))
             return result, committed
@@ -224,6 +232,7 @@ class Coordinator:
             self.submitter.submit_soon(found)
         self.blocks_found += 1
         self.last_block = found
+        self.best.new_round()
         self.metrics.blocks.labels("found").inc()
         log.info("block_found", height=found.height, block_hash=block_hash, worker=worker.full_name)
         t = job.template
@@ -289,6 +298,12 @@ class Coordinator:
             await asyncio.wait(list(self._block_writes), timeout=timeout)
         for task in list(self._block_writes):  # still failing: the journaled row is replayed at the next start
             task.cancel()
+
+
+def _best_written(done: asyncio.Future[Any]) -> None:
+    """A best-share record that did not land is logged; the next record of that worker carries it again."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("best_share_not_recorded", error=str(done.exception()))
 
 
 def _after(share: asyncio.Future[Any], block_row: asyncio.Future[Any]) -> asyncio.Future[Any]:

@@ -14,7 +14,7 @@ import socket
 import time
 from collections import Counter as CountMap
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,10 +23,11 @@ from pool.mining.extranonce import ExtranonceAllocator
 from pool.mining.jobs import Job
 from pool.mining.shares import Accepted, Reject, Rejected, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
-from pool.mining.workers import Worker, parse_worker
+from pool.mining.workers import AuthError, Worker, parse_worker
 from pool.ops.telemetry import Metrics
 from pool.server.coordinator import Coordinator
 from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
+from pool.server.proxyproto import PROXY_HEADER_TIMEOUT, ProxyHeaderError, TrustedSources, parse_proxy_header
 from pool.server.tls import TlsListener
 from pool.stratum.events import (
     Authorized,
@@ -39,7 +40,17 @@ from pool.stratum.events import (
     Subscribed,
     TransactionsRequested,
 )
-from pool.stratum.protocol import ERR_JOB_NOT_FOUND, ERR_OTHER, Deferred, ProtocolConfig, StratumProtocol
+from pool.stratum.protocol import (
+    ERR_JOB_NOT_FOUND,
+    ERR_OTHER,
+    ERR_UNAUTHORIZED,
+    Deferred,
+    ProtocolConfig,
+    StratumProtocol,
+)
+
+if TYPE_CHECKING:
+    from pool.server.access import AccessControl
 
 log = structlog.get_logger("pool.server")
 
@@ -76,12 +87,15 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "id", "peer", "ip", "protocol", "vardiff", "connected", "last_activity", "worker",
         "has_work", "errors", "_log", "agent", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
-        "transactions", "finished", "paused",
+        "transactions", "finished", "paused", "header", "checked", "address",
     )
 
-    def __init__(self, server: StratumServer) -> None:
+    def __init__(self, server: StratumServer, checked: bool = False, address: tuple[str, int] | None = None) -> None:
         self.server = server
+        self.checked = checked  # admitted before its TLS handshake: its connect-rate token is already taken
+        self.address = address  # the miner's address when known before the session (TLS listener, PROXY header)
         self.transport: asyncio.Transport | None = None
+        self.header: bytearray | None = None  # PROXY protocol: bytes received before the header is complete
         self.finished = False
         self.closing = False
         self.paused = False
@@ -108,7 +122,10 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.finished:
-            self.server._receive(self, data)
+            if self.header is None:
+                self.server._receive(self, data)
+            else:
+                self.server._receive_proxy_header(self, data)
 
     def eof_received(self) -> bool:
         if not self.finished:
@@ -174,9 +191,16 @@ class StratumServer:
         self.sessions: dict[int, Session] = {}
         self._handshaking: dict[int, Session] = {}  # not yet logged in: their deadlines are checked every tick
         self._per_ip: CountMap[str] = CountMap()
+        # PROXY protocol: connections from a trusted balancer whose header has not arrived yet (not admitted).
+        self._proxy = sc.proxy_protocol
+        self._proxy_trusted = TrustedSources(sc.proxy_trusted)
+        self._awaiting_header: set[Session] = set()
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
         self.tls: TlsListener | None = None  # Stratum over TLS, beside the plain listener
+        self.access: AccessControl | None = None  # licensed operators (authorization.mode = "allowlist")
+        self._refusals = {reason: metrics.authorize_refusals.labels(reason)
+                          for reason in ("invalid-username", "too-many-workers", "too-many-payout-addresses")}
         self.port = 0
         self.tls_port = 0
 
@@ -188,9 +212,10 @@ class StratumServer:
         _inherited_socket_options(self._server)
         if sc.tls_port is not None:
             self.tls = TlsListener(sc.tls_cert, sc.tls_key, self.metrics)
-            self.tls_port = await self.tls.start(lambda: Session(self), sc.host, sc.tls_port)
-            if self.tls.server is not None:
-                _inherited_socket_options(self.tls.server)
+            self.tls_port = await self.tls.start(
+                lambda address: Session(self, checked=True, address=address), sc.host, sc.tls_port,
+                admit=self._refusal, proxy=self._proxy_trusted if self._proxy else None)
+            _inherited_socket_options(self.tls)  # type: ignore[arg-type]  # it has ``sockets`` too
         log.info("stratum_listening", host=sc.host, port=self.port, tls_port=self.tls_port or None)
         return self.port
 
@@ -205,6 +230,8 @@ class StratumServer:
             self.tls.close()
         for session in list(self.sessions.values()):
             self._finish(session, "shutdown")
+        for session in list(self._awaiting_header):
+            self._refuse_unadmitted(session, "shutdown", session.peer)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -280,22 +307,89 @@ class StratumServer:
     # ---- connections ---------------------------------------------------------------------------------------
 
     def _open(self, session: Session) -> None:
-        """A new connection: refused at once when banned or over a limit, else a session with its core."""
+        """A new connection: with the PROXY protocol on, it waits for its header (from a trusted balancer only);
+        otherwise it is admitted (or refused) at once on its socket's peer address."""
         transport = session.transport
         assert transport is not None
+        if session.address is not None:  # from the TLS listener: admitted (and its PROXY header read) already
+            self._admit(session, *session.address)
+            return
         peername = transport.get_extra_info("peername")
         ip = str(peername[0]) if peername else "?"
+        if self._proxy:
+            if not self._proxy_trusted.allows(ip):
+                self._refuse_unadmitted(session, "proxy-untrusted", ip)
+                return
+            if len(self.sessions) + len(self._awaiting_header) >= self.config.stratum.max_connections:
+                self._refuse_unadmitted(session, "limit", ip)
+                return
+            session.header = bytearray()
+            session.connected = time.monotonic()
+            session.peer = f"{ip}:{peername[1]}" if peername else "?"  # the balancer, until the header names the miner
+            self._awaiting_header.add(session)
+            return
+        self._admit(session, ip, peername[1] if peername else None)
+
+    def _receive_proxy_header(self, session: Session, data: bytes) -> None:
+        """Bytes before the PROXY header is complete: once it is, the miner's address from it is admitted (bans
+        and limits apply to it) and whatever followed the header is handled as Stratum."""
+        buffer = session.header
+        assert buffer is not None
+        buffer += data
+        try:
+            header = parse_proxy_header(bytes(buffer))
+        except ProxyHeaderError as exc:
+            self._refuse_unadmitted(session, "proxy-invalid", session.peer, str(exc))
+            return
+        if header is None:
+            return
+        self._awaiting_header.discard(session)
+        session.header = None
+        rest = bytes(buffer[header.length:])
+        self.metrics.proxy_headers.labels(f"v{header.version}" if header.source else "own-address").inc()
+        if header.source is not None:
+            ip, port = header.source
+        else:  # UNKNOWN / LOCAL / unspecified: the connection's own address applies
+            peername = session.transport.get_extra_info("peername") if session.transport is not None else None
+            ip, port = (str(peername[0]), peername[1]) if peername else ("?", None)
+        self._admit(session, ip, port)
+        if rest and not session.finished:
+            self._receive(session, rest)
+
+    def _refuse_unadmitted(self, session: Session, reason: str, peer: str, detail: str = "") -> None:
+        """Close a connection that never became a session (no PROXY header yet, or a bad one), and count why."""
+        session.finished = True
+        self._awaiting_header.discard(session)
+        session.header = None
+        if reason.startswith("proxy-"):
+            self.metrics.proxy_headers.labels(reason.removeprefix("proxy-")).inc()
+            log.info("proxy_header_refused", peer=peer, reason=reason, detail=detail or None)
+        self.metrics.disconnects.labels(reason).inc()
+        if session.transport is not None:
+            session.transport.abort()
+
+    def _refusal(self, ip: str, take_token: bool = True) -> str | None:
+        """Why a new connection from ``ip`` is refused (banned, or over a limit), or None. The TLS listener asks
+        before the handshake (taking the connect-rate token), and the session asks again once it exists."""
         sc = self.config.stratum
         now = time.monotonic()
-        refused = None
         if self.guard.banned(ip, now):
-            refused = "banned"
-        elif (
+            return "banned"
+        if (
             len(self.sessions) >= sc.max_connections
             or self._per_ip[ip] >= sc.max_connections_per_ip
-            or not self.guard.allow_connect(ip, now)
+            or (take_token and not self.guard.allow_connect(ip, now))
         ):
-            refused = "limit"
+            return "limit"
+        return None
+
+    def _admit(self, session: Session, ip: str, port: int | None) -> None:
+        """Refused at once when the address is banned or over a limit, else a session with its core."""
+        transport = session.transport
+        assert transport is not None
+        sc = self.config.stratum
+        now = time.monotonic()
+        refused = self._refusal(ip, take_token=not session.checked)
         if refused is not None:
             session.finished = True
             self.metrics.disconnects.labels(refused).inc()
@@ -306,7 +400,7 @@ class StratumServer:
         sid = next(self._ids)
         session.id = sid
         session.ip = ip
-        session.peer = f"{ip}:{peername[1]}" if peername else "?"
+        session.peer = f"{ip}:{port}" if port is not None else ip
         session.protocol = StratumProtocol(
             self._proto_config, extranonce1, self._authorizer, lambda h: self._resume(h, extranonce1),
             backlog=transport.get_write_buffer_size,
@@ -357,6 +451,9 @@ class StratumServer:
         """Close a connection once: release what it held, count why. ``graceful`` lets queued bytes (the
         error that explains the close) leave first, for at most a second."""
         if session.finished:
+            return
+        if session.header is not None:  # still waiting for its PROXY header: never admitted
+            self._refuse_unadmitted(session, f"proxy-{reason}" if reason in ("eof", "reset") else reason, session.peer)
             return
         session.finished = True
         self.sessions.pop(session.id, None)
@@ -419,9 +516,25 @@ class StratumServer:
             deadline, why = self._deadline(session)
             if now >= deadline:
                 self._finish(session, why)
+        for session in [s for s in self._awaiting_header if now - s.connected >= PROXY_HEADER_TIMEOUT]:
+            self._refuse_unadmitted(session, "proxy-timeout", session.peer, f"no header in {PROXY_HEADER_TIMEOUT:.0f} s")
 
     def _authorizer(self, username: str, password: str) -> Worker:
-        return parse_worker(username, password, self._network)
+        try:
+            worker = parse_worker(username, password, self._network)
+        except AuthError:
+            self._refusals["invalid-username"].inc()
+            raise
+        if self.access is not None:
+            self.access.check(worker)  # AuthError (error 24) for an address not licensed
+        return worker
+
+    def close_with_message(self, session: Session, reason: str, message: str) -> None:
+        """Tell the miner why (``client.show_message``, for those that display it), then close gracefully."""
+        if session.finished:
+            return
+        session.protocol.show_message(message)
+        self._finish(session, reason, graceful=True)
 
     def _dispatch(self, session: Session, event: Event) -> None:
         proto = session.protocol
@@ -433,6 +546,10 @@ class StratumServer:
                 if session.rate_limited > 10 * self.config.stratum.guard.submit_burst:
                     session.log.warning("submit_flood_dropped")
                     session.closing = True
+                return
+            if self.access is not None and not self.access.may_mine(event.worker):
+                self.metrics.share_rejects.labels("unlicensed").inc()
+                proto.answer_error(event.request_id, ERR_UNAUTHORIZED, "Address is no longer licensed on this pool")
                 return
             result, committed = self.coordinator.judge(event, proto.extranonce1)
             self._answer_share(session, event, result, committed)
@@ -486,6 +603,9 @@ class StratumServer:
             session.errors += 1
         elif isinstance(event, AuthorizeFailed):
             self.metrics.authorizes.labels("failed").inc()
+            refusal = self._refusals.get(event.reason.replace(" ", "-"))
+            if refusal is not None:  # refusals the core makes itself (the authorizer counts its own)
+                refusal.inc()
             session.log.info("authorize_failed", username=event.username, reason=event.reason)
             session.errors += 1
         elif isinstance(event, ProtocolError):
@@ -592,6 +712,8 @@ class StratumServer:
             tick += 1
             now = time.monotonic()
             self._sweep_deadlines(now, everyone=tick % 5 == 0)
+            if self.access is not None:
+                self.access.tick()  # sessions of addresses removed from the allowlist, closed at a paced rate
             if tick % 5:
                 continue
             for session in list(self.sessions.values()):

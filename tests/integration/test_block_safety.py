@@ -181,7 +181,7 @@ async def test_every_configured_node_receives_the_block(tmp_path: Path, bitcoind
         await wait_tip(node_a, block["hash"], timeout=10)
         await wait_tip(node_b, block["hash"], timeout=10)
         assert submitter.unresolved() == set()
-        assert any(not t.done() for t in submitter._tasks), "the unreachable node is still being tried"
+        assert any(not t.done() for t in submitter._extras), "the unreachable node is still being tried"
         await submitter.drain(timeout=0.5)
         assert [p.name for p in (tmp_path / "blocks").iterdir()] == [f"00000001-{block['hash']}.confirmed.hex"]
         assert outcomes == [outcome]

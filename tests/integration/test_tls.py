@@ -11,6 +11,7 @@ import shutil
 import signal
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,48 @@ async def test_plain_tcp_on_the_tls_port_is_closed_and_harms_nobody(regtest, tmp
         finally:
             await honest.close()
             await secure.close()
+
+
+def client_hello(context: ssl.SSLContext) -> bytes:
+    """The first bytes a TLS client sends (its ClientHello), made without a socket."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+async def answer_to_hello(port: int, hello: bytes) -> bytes:
+    """Send a ClientHello on plain TCP; everything the pool sends back before closing (bounded)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = b""
+    try:
+        with contextlib.suppress(ConnectionError, OSError):
+            writer.write(hello)
+            await writer.drain()
+            for _ in range(100):
+                chunk = await asyncio.wait_for(reader.read(65536), 10)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > 5:  # a TLS record came back: the handshake started
+                    break
+    finally:
+        writer.close()
+    return data
+
+
+async def test_a_banned_address_is_closed_before_any_tls_handshake(regtest, tmp_path: Path):
+    """A handshake costs the pool an asymmetric-key operation: a banned address, or one over its limits, must
+    not get one. Its connection is closed before the pool answers the ClientHello."""
+    async with tls_pool(regtest, tmp_path) as (app, cert, _):
+        hello = client_hello(client_context(cert))
+        assert (await answer_to_hello(app.server.tls_port, hello))[:1] == b"\x16"  # not banned: a ServerHello
+        now = time.monotonic()
+        while not app.server.guard.strike("127.0.0.1", now):
+            pass
+        assert await answer_to_hello(app.server.tls_port, hello) == b""
+        assert app.metrics.registry.get_sample_value("pool_disconnects_total", {"reason": "banned"}) == 1
 
 
 async def test_certificate_reload_applies_to_new_connections(regtest, tmp_path: Path):

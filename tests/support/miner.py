@@ -38,6 +38,8 @@ class NotifyJob:
 class TestMiner:
     """Connects, handshakes, and mines shares on request. Every reply and notification is kept for asserts."""
 
+    __test__ = False  # a helper, not a test class, wherever a test module imports it
+
     def __init__(self, host: str, port: int, username: str, password: str = "x", user_agent: str = "testminer/1.0"):
         self.host, self.port, self.username, self.password, self.user_agent = host, port, username, password, user_agent
         self.reader: asyncio.StreamReader | None = None

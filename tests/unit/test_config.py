@@ -295,3 +295,37 @@ def test_zmq_endpoint_needs_host_and_port(endpoint: str) -> None:
 )
 def test_zmq_endpoint_accepted(endpoint: str) -> None:
     assert parse_config(minimal(node={"zmq_hashblock": endpoint}), env={}).node.zmq_hashblock == endpoint
+
+
+def test_authorization_defaults_to_open() -> None:
+    config = parse_config(minimal(), env={})
+    assert config.authorization.mode == "open" and not config.authorization.enforced
+    assert config.authorization.allowlist is None
+
+
+def test_allowlist_mode_needs_a_file() -> None:
+    with pytest.raises(ConfigError, match="authorization.allowlist_file"):
+        parse_config(minimal(authorization={"mode": "allowlist"}), env={})
+
+
+def test_allowlist_is_read_and_checked_against_the_network(tmp_path: Path) -> None:
+    good = tmp_path / "ok.txt"
+    good.write_text(f"{MAIN_ADDR}, Acme, north-dam\n")
+    config = parse_config(minimal(authorization={"mode": "allowlist", "allowlist_file": str(good)}), env={})
+    assert config.authorization.enforced and config.authorization.allowlist is not None
+    assert config.authorization.allowlist.lookup(MAIN_ADDR).operator == "Acme"  # type: ignore[union-attr]
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"# operators\n{MAIN_ADDR}\n{REGTEST_ADDR}, Wrong Chain\nnonsense\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(authorization={"mode": "allowlist", "allowlist_file": str(bad)}), env={})
+    message = str(caught.value)
+    assert message.startswith(f"authorization.allowlist_file {bad}: 2 bad line(s)")
+    assert "line 3: " in message and "line 4: " in message and "not a valid main address" in message
+    with pytest.raises(ConfigError, match="cannot read"):
+        parse_config(minimal(authorization={"allowlist_file": str(tmp_path / "missing.txt")}), env={})
+
+
+def test_report_efficiency_is_checked() -> None:
+    assert parse_config(minimal(report={"efficiency_j_per_th": 21.5}), env={}).report.efficiency_j_per_th == 21.5
+    with pytest.raises(ConfigError, match="report.efficiency_j_per_th"):
+        parse_config(minimal(report={"efficiency_j_per_th": 0}), env={})
