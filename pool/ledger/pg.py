@@ -145,7 +145,9 @@ class PgConnection:
 def connect(url: str, password: str | None = None, *, timeout: float = 10.0, application_name: str = "pool",
             read_only: bool = False) -> PgConnection:
     """Open an autocommit connection (keepalives on both ends, so a dead peer is noticed in seconds)."""
-    options = SERVER_KEEPALIVE + (" -c default_transaction_read_only=on" if read_only else "")
+    # Writers commit durably whatever the server's default: COMMIT returns once the WAL is flushed.
+    options = SERVER_KEEPALIVE + (" -c default_transaction_read_only=on" if read_only else
+                                  " -c synchronous_commit=on")
     kwargs: dict[str, Any] = dict(KEEPALIVE, connect_timeout=max(1, int(timeout)),
                                   application_name=application_name, options=options)
     if password is not None:
