@@ -149,3 +149,97 @@ url = "postgresql://pool@127.0.0.1:{free_port()}/pool"
     assert res.returncode == 1, res.stdout + res.stderr
     assert "cannot start: ledger database" in res.stderr and "Traceback" not in res.stderr
     assert "hunter2" not in res.stdout + res.stderr
+
+
+# ---- two pool nodes, one ledger: one payer, and a hand-over -------------------------------------------------
+
+
+async def test_two_pool_nodes_pay_once_and_hand_over(regtest, tmp_path: Path, pg_cluster):
+    """Two pools on one PostgreSQL ledger and one wallet, both with payments on and short intervals: only the
+    holder of the leader lock matures blocks and pays, each balance once; stopped, it hands over to the other,
+    which pays the next block's credits once too."""
+    from pool.app import PoolApp
+    from pool.ledger import book as ledger_book
+    from pool.node.payouts import COMMENT_PREFIX
+    from tests.conftest import pool_config
+    from tests.support.chain import arpc
+    from tests.support.payout_check import btc_to_sats, mine_share
+
+    url = pg_cluster.create_database()
+    if "payees" not in regtest.rpc("listwallets"):
+        regtest.rpc("createwallet", "payees")
+    payee = await arpc(regtest, "getnewaddress", wallet="payees")
+    sink = await arpc(regtest, "getnewaddress", wallet="pool")
+
+    async def payout_txids() -> set[str]:
+        txs = await arpc(regtest, "listtransactions", "*", 10_000, 0, True, wallet="pool")
+        return {t["txid"] for t in txs if t.get("category") == "send"
+                and str(t.get("comment", "")).startswith(COMMENT_PREFIX)}
+
+    earlier = await payout_txids()
+    overrides = {
+        "difficulty": {"start": SHARE_DIFF, "min": 1e-12, "max": 1e6},
+        "ledger": {"url": url},
+        "payout": {"scheme": "pplns", "fee_percent": 1.0, "maturity_margin": 1, "maturity_check_interval": 0.2,
+                   "payments_enabled": True, "payment_threshold_sats": 10_000, "payment_interval": 0.2,
+                   "payment_grace": 3600, "wallet": "pool"},
+    }
+    apps = {}
+    for name in ("a", "b"):
+        apps[name] = PoolApp(await asyncio.to_thread(pool_config, regtest, tmp_path / name, **overrides))
+        await apps[name].start()
+    miners = []
+
+    def leaders() -> list[str]:
+        return [n for n, app in apps.items() if app.metrics.registry.get_sample_value("pool_ledger_leader") == 1]
+
+    async def wait(check, timeout: float, what: str) -> None:  # noqa: ANN001 - a check, plain or async
+        deadline = time.monotonic() + timeout
+        while not ((await result) if asyncio.iscoroutine(result := check()) else result):
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.1)
+
+    async def mine_block_and_wait_paid(app, batches: int) -> None:  # noqa: ANN001
+        miner = await connect_miner(app.server.port, f"{payee}.rig", f"d={SHARE_DIFF}")
+        miners.append(miner)
+        for _ in range(4):
+            await mine_share(miner, regtest)
+        await mine_share(miner, regtest, block=True)
+        await arpc(regtest, "generatetoaddress", 101, sink)
+
+        async def paid() -> bool:
+            rows = app.ledger.query("SELECT COUNT(DISTINCT batch) FROM payments WHERE status='sent'")
+            return rows[0][0] >= batches and not app.ledger.query(
+                "SELECT 1 FROM payments WHERE status='sending'")
+
+        await wait(paid, 60, f"payment batch {batches} not sent")
+        await asyncio.sleep(1.0)  # both nodes run several more rounds: nothing more may be paid
+
+    try:
+        await wait(lambda: len(leaders()) == 1, 15, "no single leader")
+        first = leaders()[0]
+        await mine_block_and_wait_paid(apps["a"], 1)  # found through node a, paid by the leader
+        assert leaders() == [first]
+        ledger = apps["b"].ledger
+        assert ledger.query("SELECT COUNT(DISTINCT batch), COUNT(*) FROM payments") == [(1, 1)]
+        assert {a: v for a, v in ledger.run_sync(ledger_book.balances).items() if v} == {}
+
+        await apps[first].stop()  # the payer goes away: the other takes over
+        other = "b" if first == "a" else "a"
+        del apps[first]
+        await wait(lambda: leaders() == [other], 15, "no takeover")
+        await mine_block_and_wait_paid(apps[other], 2)
+        ledger = apps[other].ledger
+        assert ledger.query("SELECT COUNT(DISTINCT batch), COUNT(*) FROM payments") == [(2, 2)]
+        assert {a: v for a, v in ledger.run_sync(ledger_book.balances).items() if v} == {}
+        txids = await payout_txids() - earlier
+        assert len(txids) == 2 and {t for (t,) in ledger.query("SELECT txid FROM payments")} == txids
+        await arpc(regtest, "generatetoaddress", 1, sink)
+        credited = ledger.query("SELECT SUM(amount) FROM credits WHERE address=? AND status='payable'", (payee,))
+        received = btc_to_sats(await arpc(regtest, "getreceivedbyaddress", payee, 1, wallet="payees"))
+        assert received == credited[0][0] > 0
+    finally:
+        for m in miners:
+            await m.close()
+        for app in apps.values():
+            await app.stop()
