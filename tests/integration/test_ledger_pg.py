@@ -1,6 +1,7 @@
-"""A PostgreSQL ledger's server restarted under a share flood (a real throwaway cluster of the test's own and a
-real regtest bitcoind): no acknowledged share lost, error 20 and never ``true`` while it is down, recovery
-without a pool restart."""
+"""Pools on a PostgreSQL ledger with a real regtest bitcoind: the database server restarted under a share flood
+(a cluster of the test's own: no acknowledged share lost, error 20 and never ``true`` while it is down, recovery
+without a pool restart); two pool nodes on one ledger and one wallet (one payer, each balance paid once, a
+hand-over when the payer stops); a clear start-up error when the database is unreachable."""
 
 from __future__ import annotations
 
