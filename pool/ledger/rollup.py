@@ -18,13 +18,13 @@ numbers.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
 from pool.ledger import dialect, window
+from pool.ledger.dialect import Conn
 
 BATCH = 10_000
 KEEP_SECONDS = 86_400.0
@@ -33,7 +33,7 @@ KEEP_SECONDS = 86_400.0
 WINDOW_MARGIN = 4.0
 
 
-def _first_id_from(conn: sqlite3.Connection, ts: float) -> int | None:
+def _first_id_from(conn: Conn, ts: float) -> int | None:
     """Id of the oldest row recorded at or after ``ts`` (ids follow time: a binary search on the key)."""
     bounds = conn.execute("SELECT MIN(id), MAX(id) FROM shares").fetchone()
     if bounds[0] is None:
@@ -50,7 +50,7 @@ def _first_id_from(conn: sqlite3.Connection, ts: float) -> int | None:
     return int(row[0]) if row is not None else lo
 
 
-def cutoff(conn: sqlite3.Connection, scheme: str, factor: float, network_difficulty: float,
+def cutoff(conn: Conn, scheme: str, factor: float, network_difficulty: float,
            keep_seconds: float, now: float, margin: float = WINDOW_MARGIN) -> int | None:
     """Rows with id below the returned id may be rolled up; None: none may."""
     last = conn.execute("SELECT MAX(id) FROM shares").fetchone()[0]
@@ -71,7 +71,7 @@ def cutoff(conn: sqlite3.Connection, scheme: str, factor: float, network_difficu
     return bound
 
 
-def rollup_batch(conn: sqlite3.Connection, below: int, batch: int = BATCH) -> int:
+def rollup_batch(conn: Conn, below: int, batch: int = BATCH) -> int:
     """Fold the oldest ``batch`` rows with id < ``below`` into ``share_rollup`` and delete them; in the caller's
     transaction. Returns the number of rows removed."""
     row = conn.execute("SELECT id FROM shares WHERE id < ? ORDER BY id LIMIT 1 OFFSET ?",
@@ -93,7 +93,7 @@ def rollup_batch(conn: sqlite3.Connection, below: int, batch: int = BATCH) -> in
     return conn.execute("DELETE FROM shares WHERE id <= ?", (upper,)).rowcount
 
 
-def prune(conn: sqlite3.Connection, scheme: str, factor: float, network_difficulty: float,
+def prune(conn: Conn, scheme: str, factor: float, network_difficulty: float,
           keep_seconds: float = KEEP_SECONDS, batch: int = BATCH, max_batches: int | None = None,
           now: float | None = None, margin: float = WINDOW_MARGIN, stop: Callable[[], bool] | None = None) -> int:
     """Roll up every prunable row, one ``batch`` per short transaction on ``conn`` (autocommit mode, not the
@@ -119,11 +119,11 @@ def prune(conn: sqlite3.Connection, scheme: str, factor: float, network_difficul
     return done
 
 
-def _has_rollup(conn: sqlite3.Connection) -> bool:
+def _has_rollup(conn: Conn) -> bool:
     return conn.execute(dialect.of(conn).table_exists_sql(), ("share_rollup",)).fetchone() is not None
 
 
-def totals_sql(conn: sqlite3.Connection, where: str = "") -> str:
+def totals_sql(conn: Conn, where: str = "") -> str:
     """SQL for (address, worker, shares, difficulty, last_ts) per worker over rolled-up and remaining rows
     (a ledger from before roll-ups, opened read-only, has only the rows)."""
     parts = [f"SELECT address, worker, COUNT(*) AS n, SUM(difficulty) AS d, MAX(ts) AS t FROM shares {where}"
@@ -135,7 +135,7 @@ def totals_sql(conn: sqlite3.Connection, where: str = "") -> str:
             + " UNION ALL ".join(parts) + ") AS t GROUP BY address, worker")
 
 
-def share_totals(conn: sqlite3.Connection, address: str | None = None) -> list[tuple[Any, ...]]:
+def share_totals(conn: Conn, address: str | None = None) -> list[tuple[Any, ...]]:
     """[(address, worker, shares, difficulty, last_ts)] ordered by address, worker; one address if given."""
     if address is None:
         return conn.execute(totals_sql(conn) + " ORDER BY address, worker").fetchall()

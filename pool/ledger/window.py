@@ -23,12 +23,12 @@ and every difference of totals inside it is the sum of the retained rows between
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
 from pool.ledger.accounting import Split, pplns_split_weighted
+from pool.ledger.dialect import Conn
 
 Exact = tuple[int, int]  # (n, k): the value n / 2**k, n >= 0
 ZERO: Exact = (0, 0)
@@ -66,7 +66,7 @@ def add(a: Exact, b: Exact) -> Exact:
     return (na << (k - ka)) + (nb << (k - kb)), k
 
 
-def next_totals(conn: sqlite3.Connection, address: str, worker: str, difficulty: float) -> tuple[bytes, bytes]:
+def next_totals(conn: Conn, address: str, worker: str, difficulty: float) -> tuple[bytes, bytes]:
     """(cum, wcum) for a share about to be inserted as the newest row."""
     w = weight_of(difficulty)
     cache = getattr(conn, "totals", None)  # PostgreSQL: prefetched for the batch (``prefetch``)
@@ -109,7 +109,7 @@ def prefetch(conn: Any, keys: list[tuple[str, str]]) -> list[Any] | None:
     return [cum, {(a, w): decode(wcum) if wcum is not None else ZERO for a, w, wcum, _, _ in rows}]
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: Conn) -> None:
     """Bring a ledger written by an older version up to date: add the running-total columns and fill them."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(shares)")}
     for name in ("cum", "wcum"):
@@ -118,7 +118,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     backfill(conn)
 
 
-def backfill(conn: sqlite3.Connection, chunk: int = BACKFILL_CHUNK) -> int:
+def backfill(conn: Conn, chunk: int = BACKFILL_CHUNK) -> int:
     """Compute the totals of rows that lack them, oldest first, one chunk per transaction when not already in
     one (resumable: each chunk continues from the rows before it). Returns the number of rows filled."""
     filled = 0
@@ -153,7 +153,7 @@ def backfill(conn: sqlite3.Connection, chunk: int = BACKFILL_CHUNK) -> int:
             conn.execute("COMMIT")
 
 
-def first_in_window(conn: sqlite3.Connection, last_id: int, window: Fraction) -> int | None:
+def first_in_window(conn: Conn, last_id: int, window: Fraction) -> int | None:
     """Id of the oldest share (id <= ``last_id``) the window of ``window`` difficulty reaches; None if empty.
 
     Share i is in the window iff the shares newer than it (up to ``last_id``) sum to less than N, i.e.
@@ -176,7 +176,7 @@ def first_in_window(conn: sqlite3.Connection, last_id: int, window: Fraction) ->
     return int(conn.execute("SELECT id FROM shares WHERE id>=? ORDER BY id LIMIT 1", (lo,)).fetchone()[0])
 
 
-def pplns_weights(conn: sqlite3.Connection, last_id: int, window: Fraction, direct_limit: int = DIRECT_LIMIT
+def pplns_weights(conn: Conn, last_id: int, window: Fraction, direct_limit: int = DIRECT_LIMIT
                   ) -> tuple[list[tuple[tuple[str, str], Fraction]], int | None, int | None]:
     """Per-worker weights of the window ending at ``last_id``, and its oldest and newest share ids."""
     first = first_in_window(conn, last_id, window)
@@ -225,7 +225,7 @@ def pplns_weights(conn: sqlite3.Connection, last_id: int, window: Fraction, dire
     return sorted(weights.items()), oldest_id, newest
 
 
-def _workers(conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
+def _workers(conn: Conn) -> Iterator[tuple[str, str]]:
     """Every distinct (address, worker) in the shares table, by hops along the (address, worker) index:
     O(workers × log shares), never a scan of the rows."""
     row = conn.execute("SELECT address, worker FROM shares ORDER BY address, worker LIMIT 1").fetchone()
@@ -238,7 +238,7 @@ def _workers(conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
                                " LIMIT 1", (row[0],)).fetchone())
 
 
-def pplns_split_from_totals(conn: sqlite3.Connection, reward: int, fee_bp: int, last_id: int | None,
+def pplns_split_from_totals(conn: Conn, reward: int, fee_bp: int, last_id: int | None,
                             network_difficulty: float, factor: float, direct_limit: int = DIRECT_LIMIT) -> Split:
     """The PPLNS split of the window ending at ``last_id``: equal to ``accounting.pplns_split`` over the
     shares up to ``last_id`` newest first."""
