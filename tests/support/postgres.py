@@ -65,7 +65,12 @@ class PgCluster:
         cmd = list(args)
         if self.user is not None:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=timeout)
+        # cwd: the cluster's own directory, which the server's user can enter (the caller's may be private).
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+        if check and done.returncode != 0:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()} {log}")
+        return done
 
     def init(self) -> None:
         if self.user is not None:
