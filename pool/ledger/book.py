@@ -214,12 +214,17 @@ def insert_share(conn: Conn, policy: Policy, s: Any, network_difficulty: float, 
     if not (isinstance(s.difficulty, (int, float)) and math.isfinite(s.difficulty) and s.difficulty > 0):
         raise ValueError(f"share difficulty must be a positive number, not {s.difficulty!r}")
     cum, wcum = window.next_totals(conn, s.address, s.worker, s.difficulty)
-    share_id = int(conn.execute(
-        "INSERT INTO shares (ts, address, worker, difficulty, share_difficulty, job_id, height, block_hash,"
-        " is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
-        (s.ts, s.address, s.worker, s.difficulty, s.share_difficulty, s.job_id, s.height, s.block_hash,
-         int(s.is_block), cum, wcum),
-    ).fetchone()[0])
+    values = (s.ts, s.address, s.worker, s.difficulty, s.share_difficulty, s.job_id, s.height, s.block_hash,
+              int(s.is_block), cum, wcum)
+    take = getattr(conn, "take_share_id", None)  # PostgreSQL batch: ids drawn ahead (window.prefetch)
+    share_id = take() if take is not None else None
+    if share_id is not None:  # nothing to wait for: the insert can travel with the rest of the batch
+        conn.execute("INSERT INTO shares (id, ts, address, worker, difficulty, share_difficulty, job_id, height,"
+                     " block_hash, is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (share_id, *values))
+    else:
+        share_id = int(conn.execute(
+            "INSERT INTO shares (ts, address, worker, difficulty, share_difficulty, job_id, height, block_hash,"
+            " is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id", values).fetchone()[0])
     if policy.scheme in ("pps", "fpps") and network_difficulty > 0:
         fees = expected_fees if policy.scheme == "fpps" else 0
         amount = pps_value(s.difficulty, network_difficulty, subsidy, policy.fee_bp, fees)

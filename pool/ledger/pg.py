@@ -14,6 +14,7 @@ file and is handed to libpq as a separate keyword; ``redact`` strips one from a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -76,22 +77,31 @@ class _NumericAsNumber(Loader):
 
 
 class PgCursor:
-    __slots__ = ("_cur",)
+    __slots__ = ("_cur", "_owner")
 
-    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cur: psycopg.Cursor[Any], owner: PgConnection) -> None:
         self._cur = cur
+        self._owner = owner
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        return self._cur.fetchone() if self._cur.description else None
+        try:  # in pipeline mode this waits for the statement's result
+            return self._cur.fetchone()
+        except psycopg.ProgrammingError:  # a statement without rows
+            return None
 
     def fetchall(self) -> list[tuple[Any, ...]]:
-        return self._cur.fetchall() if self._cur.description else []
+        try:
+            return self._cur.fetchall()
+        except psycopg.ProgrammingError:
+            return []
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return iter(self.fetchall())
 
     @property
     def rowcount(self) -> int:
+        if self._owner.pipeline is not None:  # in pipeline mode the count is known once the results are in
+            self._owner.pipeline.sync()
         return self._cur.rowcount
 
     @property
@@ -107,16 +117,19 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.totals: list[Any] | None = None  # running totals of the current transaction (window.prefetch)
+        self.share_ids: list[int] = []  # share ids drawn ahead for the current transaction (window.prefetch)
+        self.pipeline: psycopg.Pipeline | None = None  # set while ``pipelined`` runs
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> PgCursor:
         head = sql.lstrip()[:16].upper()
         if head.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
             self.totals = None  # valid inside one transaction only, and never across an undo
+            self.share_ids = []
         if head.startswith("BEGIN IMMEDIATE"):
             self.raw.execute("BEGIN")
             self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            return PgCursor(self.raw.cursor())
-        return PgCursor(self.raw.execute(pg_placeholders(sql), params or None))  # type: ignore[arg-type]
+            return PgCursor(self.raw.cursor(), self)
+        return PgCursor(self.raw.execute(pg_placeholders(sql), params or None), self)  # type: ignore[arg-type]
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> None:
         with self.raw.cursor() as cur:
@@ -125,6 +138,21 @@ class PgConnection:
     def executescript(self, sql: str) -> None:
         """Statements without parameters, in one round trip (DDL)."""
         self.raw.execute(sql)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """Statements are sent without waiting for each answer (a fetch or ``rowcount`` waits for its own);
+        an error surfaces at the latest when the block ends."""
+        with self.raw.pipeline() as pipeline:
+            self.pipeline = pipeline
+            try:
+                yield
+            finally:
+                self.pipeline = None
+
+    def take_share_id(self) -> int | None:
+        """The next id drawn ahead for this transaction's shares, in order; None when none is left."""
+        return self.share_ids.pop() if self.share_ids else None
 
     @property
     def in_transaction(self) -> bool:

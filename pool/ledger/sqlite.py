@@ -347,29 +347,33 @@ class Ledger:
         """One transaction for the batch; an op that fails is undone alone. If the database itself fails (or
         the connection is lost, even at COMMIT), every op of the batch fails.
 
-        SQLite: a savepoint around each op (cheap, in-process). PostgreSQL: a savepoint costs two more round
-        trips per share, so the ops first run without; if one raises, the transaction is rolled back and run
-        again with savepoints, that op left out (ops only touch the database: the rolled-back run left nothing)."""
+        SQLite: a savepoint around each op (cheap, in-process). PostgreSQL: every round trip counts, so the
+        shares' totals and ids are read once for the batch (``window.prefetch``) and the ops run without
+        savepoints in pipeline mode (a share's insert waits for no answer). If anything fails, the transaction
+        is rolled back and the batch runs again one op at a time with savepoints, where the failing op fails
+        alone (ops only touch the database: the rolled-back run left nothing behind)."""
         if self.url is None:
             return self._commit_each(conn, batch, {})
         self._begin(conn)
         try:
             keys = [key for op, _, _ in batch if (key := getattr(op, "share_key", None)) is not None]
-            if len(keys) > 1:  # one round trip for every share's previous totals, not one per share
+            if len(keys) > 1:  # one round trip for every share's previous totals and id, not one per share
                 conn.totals = window.prefetch(conn, keys)
             results: list[tuple[Any, BaseException | None]] = []
-            for i, (op, _, _) in enumerate(batch):
-                try:
+            with conn.pipelined():
+                for op, _, _ in batch:
                     results.append((op(conn), None))
-                except Exception as exc:
-                    if pg.connection_lost(exc):
-                        raise
-                    conn.execute("ROLLBACK")
-                    return self._commit_each(conn, batch, {i: exc})
             conn.execute("COMMIT")
             return results
-        except self.errors as exc:
-            return self._failed(conn, batch, exc)
+        except Exception as exc:
+            if pg.connection_lost(exc) or conn.broken:
+                return self._failed(conn, batch, exc)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except self.errors as lost:
+                return self._failed(conn, batch, lost)
+            return self._commit_each(conn, batch, {})
 
     def _commit_or_fail(self, conn: Any, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
         try:

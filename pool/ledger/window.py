@@ -92,21 +92,24 @@ def next_totals(conn: Conn, address: str, worker: str, difficulty: float) -> tup
 
 
 def prefetch(conn: Any, keys: list[tuple[str, str]]) -> list[Any] | None:
-    """PostgreSQL: the newest pool-wide total and each (address, worker)'s newest own total, in one round trip,
-    for the shares of a batch about to be inserted; ``next_totals`` then continues them in memory instead of
-    asking once per share. Valid only inside the writer's transaction (which holds the write lock, so no other
+    """PostgreSQL: the newest pool-wide total and each (address, worker)'s newest own total, and an id for each
+    share, in one round trip, for the shares of a batch about to be inserted; ``next_totals`` then continues the
+    totals in memory and ``book.insert_share`` needs no answer from the server (the inserts are pipelined). Valid only inside the writer's transaction (which holds the write lock, so no other
     node inserts meanwhile): ``pg.PgConnection`` drops it at every BEGIN, COMMIT and ROLLBACK. None when the
     newest row has no totals (``next_totals`` fills them in first)."""
     distinct = list(dict.fromkeys(keys))
     values = ", ".join("(?, ?)" for _ in distinct)
     rows = conn.execute(
         "SELECT k.a, k.w, (SELECT wcum FROM shares WHERE address = k.a AND worker = k.w ORDER BY id DESC LIMIT 1),"
-        " (SELECT cum FROM shares ORDER BY id DESC LIMIT 1), (SELECT 1 FROM shares LIMIT 1)"
-        f" FROM (VALUES {values}) AS k(a, w)", [v for key in distinct for v in key]).fetchall()
+        " (SELECT cum FROM shares ORDER BY id DESC LIMIT 1), (SELECT 1 FROM shares LIMIT 1),"
+        " (SELECT array_agg(nextval(pg_get_serial_sequence('shares', 'id'))) FROM generate_series(1, ?))"
+        f" FROM (VALUES {values}) AS k(a, w)", [len(keys), *(v for key in distinct for v in key)]).fetchall()
+    # Ids for the batch's shares, drawn now (under the write lock: above every id so far); taken in order.
+    conn.share_ids = sorted(rows[0][5], reverse=True) if rows and rows[0][5] else []
     if not rows or (rows[0][4] is not None and rows[0][3] is None):
         return None
     cum = decode(rows[0][3]) if rows[0][3] is not None else ZERO
-    return [cum, {(a, w): decode(wcum) if wcum is not None else ZERO for a, w, wcum, _, _ in rows}]
+    return [cum, {(a, w): decode(wcum) if wcum is not None else ZERO for a, w, wcum, _, _, _ in rows}]
 
 
 def migrate(conn: Conn) -> None:

@@ -71,3 +71,11 @@ def test_ledger_url_settings(tmp_path):  # noqa: ANN001
     ]:
         with pytest.raises(ConfigError, match=message):
             _config(ledger)
+
+
+def test_indexes_of_rowid_tables_end_with_id_on_postgres():
+    """SQLite's indexes end with the rowid implicitly; PostgreSQL's must say so, or "the newest share of this
+    worker" walks all of the worker's rows."""
+    ddl = dialect.ddl(SCHEMA, dialect.POSTGRES)
+    assert "ON shares(address, worker, id)" in ddl and "ON credits(address, status, id)" in ddl
+    assert "ON work_minutely(bucket)" in ddl  # not keyed by id: left as written

@@ -378,3 +378,17 @@ async def test_batch_totals_stay_exact_with_shares_not_prefetched(pg_cluster):
             conn.close()
     finally:
         ledger.close()
+
+
+def test_newest_share_of_a_worker_is_one_index_probe(pg_cluster):
+    url = pg_cluster.create_database()
+    Ledger(url, rollup_interval=0).close()
+    conn = pg.connect(url)
+    try:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT wcum FROM shares WHERE address = ? AND worker = ? ORDER BY id DESC LIMIT 1",
+            ("a", "w")).fetchall())
+    finally:
+        conn.close()
+    assert "Index Scan Backward using shares_address" in plan and "Sort" not in plan, plan
