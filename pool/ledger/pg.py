@@ -84,15 +84,19 @@ class PgCursor:
         self._owner = owner
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        try:  # in pipeline mode this waits for the statement's result
+        try:  # in pipeline mode this waits for the statement's result (and raises its error)
             return self._cur.fetchone()
-        except psycopg.ProgrammingError:  # a statement without rows
+        except psycopg.ProgrammingError as exc:
+            if exc.sqlstate:  # the server's error (e.g. an unknown table), not "this statement has no rows"
+                raise
             return None
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         try:
             return self._cur.fetchall()
-        except psycopg.ProgrammingError:
+        except psycopg.ProgrammingError as exc:
+            if exc.sqlstate:
+                raise
             return []
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
