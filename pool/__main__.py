@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     payouts = sub.add_parser("payouts", help="credits, payments and balances")
     ledger_args(payouts)
     payouts.add_argument("--by", choices=("address", "worker"), default="address")
+    sites = sub.add_parser("sites", help="sites of the running pool: miners, hashrate, power, curtailment")
+    sites.add_argument("--config", help="TOML config file (the pool's metrics.host/port are asked)")
+    sites.add_argument("--url", help="the pool's HTTP API, e.g. http://127.0.0.1:9100 (overrides --config)")
+    sites.add_argument("--json", action="store_true", help="machine-readable output (the /api/sites body)")
     audit = sub.add_parser("audit", help="verify or export the hash-chained audit log")
     audit.add_argument("action", choices=("verify", "export"))
     audit.add_argument("--format", choices=("csv", "json"), default="csv")
@@ -130,7 +134,11 @@ def _regulator_report(args: argparse.Namespace) -> int:
     from pool.ledger import pg
 
     try:
-        report = reports.regulator_report(path, period, allowlist, efficiency, site=args.site)
+        # A site configured as [[site]] is reported at its own efficiency_j_per_th (matched by name with the
+        # allowlist's site column); any other at the fleet figure.
+        site_efficiency = {s.name: s.efficiency_j_per_th for s in config.programme.sites} if config else None
+        report = reports.regulator_report(path, period, allowlist, efficiency, site_efficiency=site_efficiency,
+                                          site=args.site)
     except (FileNotFoundError, pg.Error) as exc:
         print(f"pool: {pg.redact(str(exc))}", file=sys.stderr)
         return 1
@@ -165,6 +173,19 @@ def _report(args: argparse.Namespace) -> int:
         print(f"pool: {pg.redact(str(exc))}", file=sys.stderr)
         return 1
     print(reports.render(table, args.json))
+    return 0
+
+
+def _sites(args: argparse.Namespace) -> int:
+    from pool.ops.sites import api_url, fetch_sites, render_sites
+
+    url = args.url or api_url(load_config(args.config) if args.config else embedded_default())
+    try:
+        body = fetch_sites(url)
+    except ConnectionError as exc:
+        print(f"pool: {exc}", file=sys.stderr)
+        return 1
+    print(render_sites(body, args.json))
     return 0
 
 
@@ -220,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "ledger":
             return _migrate(args)
+        if args.command == "sites":
+            return _sites(args)
         if args.command == "check-config":
             load_config(args.config)
             print(f"{args.config}: OK")

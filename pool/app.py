@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from pool.node.regtest import RegtestNode, find_bitcoind_dir
 from pool.node.rpc import NodeClient, RpcCredentials
 from pool.node.work import TemplateSource
 from pool.ops.http import HttpApi
+from pool.ops.sites import SiteCollector
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics
+from pool.programme.controller import SiteController
 from pool.server.access import AccessControl, ReloadRefused, ReloadResult
 from pool.server.coordinator import Coordinator
 from pool.server.server import StratumServer
@@ -40,6 +43,9 @@ class PoolApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
+        # Sites, energy and curtailment: every session gets a site (or "unassigned"); see pool/programme/.
+        self.sites = SiteController(config.programme)
+        self.metrics.registry.register(SiteCollector(self.sites))
         self.node: RegtestNode | None = None
         self.client: NodeSet | None = None  # every configured bitcoind; calls go to the active one
         self.ledger: Ledger | None = None
@@ -133,10 +139,17 @@ class PoolApp:
             hc.flush_interval, hc.minutely_keep_hours * 3600, hc.hourly_keep_days * 86400))
         rows, round_no = await asyncio.to_thread(self.ledger.best_shares)
         self.coordinator.best.load(rows, round_no)
-        self.server = StratumServer(cfg, self.coordinator, self.metrics)
+        self.server = StratumServer(cfg, self.coordinator, self.metrics, sites=self.sites)
+        self.sites.server = self.server
+        self.sites.ledger = self.ledger
+        records = await asyncio.to_thread(
+            self.ledger.query, "SELECT payload FROM audit WHERE kind = 'site_curtailment' ORDER BY seq")
+        for site in self.sites.restore([json.loads(payload) for (payload,) in records]):
+            log.warning("site_curtailment_restored", site=site)
         if cfg.authorization.allowlist_file:
             self.access = AccessControl(cfg.authorization, cfg.node.network, self.metrics, self.audit)
             self.access.server = self.server
+            self.sites.listed_site = self._listed_site  # the allowlist's site column places unmatched miners
             if cfg.authorization.enforced:
                 self.server.access = self.access
             await self.access.announce()
@@ -160,6 +173,7 @@ class PoolApp:
             sup.start(name, loop_fn)
         sup.start("node-health", self.client.run)
         sup.start("stratum-housekeeping", self.server.housekeeping)
+        sup.start("sites", self.sites.run)  # curtailment orders and schedules; without it none is applied
         if self.server.tls is not None:
             sup.start("tls-accept", self.server.tls.accept_loop)
         sup.start("template-age", self._age_loop, required=False)
@@ -224,6 +238,11 @@ class PoolApp:
             await self.reload_allowlist(source)
         except ReloadRefused:
             pass  # logged, counted and audited by the access control; the old list stays in force
+
+    def _listed_site(self, script: bytes) -> str:
+        """The site the allowlist in force (reloads included) gives a payout script; "" when none."""
+        licence = self.access.allowlist.by_script.get(script) if self.access is not None else None
+        return licence.site if licence is not None else ""
 
     def _on_task_failure(self, task: str, error: BaseException | None) -> None:
         """Supervisor and ledger hook (any thread): every background failure is counted by task."""

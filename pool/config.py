@@ -19,6 +19,7 @@ from typing import Any
 
 from pool.bitcoin.address import NETWORKS, AddressError, address_to_script
 from pool.mining.allowlist import Allowlist, AllowlistError, parse_allowlist
+from pool.programme.siteconfig import ProgrammeConfig, SiteConfigError, parse_programme
 from pool.server.guard import GuardConfig
 from pool.server.tls import TlsError, load_tls_context
 
@@ -169,6 +170,7 @@ class Config:
     payout: PayoutConfig = PayoutConfig()
     regtest: RegtestConfig = RegtestConfig()
     admin: AdminConfig = AdminConfig()
+    programme: ProgrammeConfig = ProgrammeConfig()  # [[site]] and [programme]: sites, energy, curtailment
     history: HistoryConfig = HistoryConfig()
     dashboard: DashboardConfig = DashboardConfig()
     authorization: AuthorizationConfig = AuthorizationConfig()
@@ -400,6 +402,10 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"payout.pool_address is required for scheme {payout.scheme!r}")
 
     admin = _admin(_section(raw, "admin"), env)
+    try:
+        programme = parse_programme(raw.pop("site", []), raw.pop("programme", {}))
+    except SiteConfigError as exc:
+        raise ConfigError(str(exc)) from exc
     history, dashboard = _history(_section(raw, "history")), _dashboard(_section(raw, "dashboard"))
     authorization = _authorization(_section(raw, "authorization"), node.network)
     rp = _section(raw, "report")
@@ -419,6 +425,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         payout=payout,
         regtest=regtest,
         admin=admin,
+        programme=programme,
         history=history,
         dashboard=dashboard,
         authorization=authorization,

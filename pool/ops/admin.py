@@ -1,4 +1,5 @@
-"""The operator's admin API: ``POST /admin/reconnect``, ``/admin/version-mask`` and ``/admin/allowlist/reload``.
+"""The operator's admin API: ``POST /admin/reconnect``, ``/admin/version-mask``, ``/admin/allowlist/reload``
+and site curtailment (``POST /admin/sites/NAME/curtail``, ``/resume``; pool/ops/sites.py).
 
 Whoever can use these moves the pool's whole hashrate, so they are off unless a token is configured
 (``admin.token``, ``admin.token_file`` or ``POOL_ADMIN_TOKEN``), and then every request needs
@@ -29,6 +30,7 @@ from aiohttp import web
 
 from pool.config import BIP320_MASK
 from pool.ledger import book
+from pool.ops.sites import admin_routes
 from pool.server.access import ReloadRefused
 from pool.server.guard import TokenBucket
 
@@ -58,6 +60,7 @@ class AdminApi:
         return [
             web.post("/admin/reconnect", self.reconnect),
             web.post("/admin/version-mask", self.version_mask),
+            *admin_routes(self),
             web.post("/admin/allowlist/reload", self.allowlist_reload),
         ]
 

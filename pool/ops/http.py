@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pool.ops.admin import AdminApi
 from pool.ops.dashboard import Dashboard
+from pool.ops.sites import SitesApi
 
 if TYPE_CHECKING:
     from pool.app import PoolApp
@@ -54,6 +55,7 @@ class HttpApi:
                 web.get("/api/pool", self.api_pool),
                 web.get("/api/address/{address}", self.api_address),
                 web.get("/api/blocks", self.api_blocks),
+                *SitesApi(app).routes(),
             ]
         )
         self.dashboard = Dashboard(app)  # read-only pages and the history API (pool/ops/dashboard.py)

@@ -176,7 +176,8 @@ class Metrics:
         self.authorize_refusals = Counter(
             "pool_authorize_refusals_total",
             "mining.authorize refused, by reason: not-allowlisted (authorization.mode = allowlist),"
-            " invalid-username, too-many-workers, too-many-payout-addresses",
+            " invalid-username, too-many-workers, too-many-payout-addresses, site-curtailment (the miner's site is"
+            " curtailed or ramping back)",
             ["reason"],
             registry=r,
         )

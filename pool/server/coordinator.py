@@ -183,7 +183,7 @@ class Coordinator:
             return result, committed
         self._rejected_count.inc()
         self._reject_counts[result.reason].inc()
-        self.stats.rejected(worker.address, worker.name)
+        self.stats.rejected(worker.address, worker.name, now)
         if result.block is not None and result.block.block_hash not in self._late_blocks:
             # Each one took block-level work; remembered so a replay is not sent again.
             self._late_blocks[result.block.block_hash] = None

@@ -25,6 +25,7 @@ from pool.mining.shares import Accepted, Reject, Rejected, ShareResult
 from pool.mining.vardiff import Vardiff, VardiffConfig
 from pool.mining.workers import AuthError, Worker, parse_worker
 from pool.ops.telemetry import Metrics
+from pool.programme.controller import SiteController
 from pool.server.coordinator import Coordinator
 from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
 from pool.server.proxyproto import PROXY_HEADER_TIMEOUT, ProxyHeaderError, TrustedSources, parse_proxy_header
@@ -87,7 +88,7 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "id", "peer", "ip", "protocol", "vardiff", "connected", "last_activity", "worker",
         "has_work", "errors", "_log", "agent", "closing", "submits", "invalid", "rate_limited", "hints", "retune_pending",
-        "transactions", "finished", "paused", "header", "checked", "address",
+        "transactions", "finished", "paused", "header", "checked", "address", "site", "close_reason",
     )
 
     def __init__(self, server: StratumServer, checked: bool = False, address: tuple[str, int] | None = None) -> None:
@@ -101,6 +102,8 @@ class Session(asyncio.Protocol):
         self.paused = False
         self._log: Any = None
         self.agent: str | None = None
+        self.site: str | None = None  # decided at the first authorize (pool/programme/sites.py)
+        self.close_reason: str | None = None  # why ``closing`` was set, when it is not a plain drop
 
     @property
     def log(self) -> Any:
@@ -163,10 +166,13 @@ class Session(asyncio.Protocol):
 class StratumServer:
     """Accepts miners, runs their sessions and pushes new work to all of them."""
 
-    def __init__(self, config: Config, coordinator: Coordinator, metrics: Metrics) -> None:
+    def __init__(self, config: Config, coordinator: Coordinator, metrics: Metrics,
+                 sites: SiteController | None = None) -> None:
         self.config = config
         self.coordinator = coordinator
         self.metrics = metrics
+        self.sites = sites
+        self._paused_sites: set[str] = sites.paused if sites is not None else set()  # curtailed: no work
         sc = config.stratum
         dc = config.difficulty
         self._proto_config = ProtocolConfig(
@@ -200,7 +206,8 @@ class StratumServer:
         self.tls: TlsListener | None = None  # Stratum over TLS, beside the plain listener
         self.access: AccessControl | None = None  # licensed operators (authorization.mode = "allowlist")
         self._refusals = {reason: metrics.authorize_refusals.labels(reason)
-                          for reason in ("invalid-username", "too-many-workers", "too-many-payout-addresses")}
+                          for reason in ("invalid-username", "too-many-workers", "too-many-payout-addresses",
+                                         "site-curtailment")}
         self.port = 0
         self.tls_port = 0
 
@@ -256,6 +263,8 @@ class StratumServer:
 
         ``fresh`` re-sends under alias ids so a new difficulty applies to them alone; the book gains nothing.
         """
+        if session.site in self._paused_sites:
+            return False
         jobs = self.coordinator.jobs_for(session.protocol.workers.values())
         for i, job in enumerate(jobs):
             alias = self.coordinator.book.next_id() if fresh else None
@@ -278,6 +287,17 @@ class StratumServer:
                 session.protocol.send_reconnect(host, port, wait_seconds)
                 session.flush()
                 count += 1
+        return count
+
+    def close_sessions(self, sessions: list[int], reason: str, message: str) -> int:
+        """Curtailment: each open session gets ``message`` (``client.show_message``) and is closed; the count."""
+        count = 0
+        for sid in sessions:
+            session = self.sessions.get(sid)
+            if session is None or session.finished:
+                continue
+            self.close_with_message(session, reason, message)
+            count += 1
         return count
 
     def set_version_mask(self, mask: int) -> int:
@@ -402,7 +422,8 @@ class StratumServer:
         session.ip = ip
         session.peer = f"{ip}:{port}" if port is not None else ip
         session.protocol = StratumProtocol(
-            self._proto_config, extranonce1, self._authorizer, lambda h: self._resume(h, extranonce1),
+            self._proto_config, extranonce1, lambda u, p: self._authorize(sid, u, p),  # no cycle via session
+            lambda h: self._resume(h, extranonce1),
             backlog=transport.get_write_buffer_size,
         )
         session.vardiff = Vardiff(self._vardiff_config, now)
@@ -440,7 +461,7 @@ class StratumServer:
         if proto.closed:
             self._finish(session, "protocol-error", graceful=True)
         elif session.closing:
-            self._finish(session, "dropped", graceful=True)
+            self._finish(session, session.close_reason or "dropped", graceful=True)
         elif session.errors > MAX_PROTOCOL_ERRORS:
             self._finish(session, "too-many-errors")
         elif proto.deferred > MAX_SHARES_IN_FLIGHT and not session.paused:
@@ -467,6 +488,8 @@ class StratumServer:
         self._remember_extranonce(extranonce1)
         self.metrics.connections.set(len(self.sessions))
         self.metrics.disconnects.labels(reason).inc()
+        if self.sites is not None and session.site is not None:
+            self.sites.closed(session.id)
         session.log.debug("disconnected", reason=reason)
         transport = session.transport
         if transport is None or transport.is_closing():
@@ -519,7 +542,10 @@ class StratumServer:
         for session in [s for s in self._awaiting_header if now - s.connected >= PROXY_HEADER_TIMEOUT]:
             self._refuse_unadmitted(session, "proxy-timeout", session.peer, f"no header in {PROXY_HEADER_TIMEOUT:.0f} s")
 
-    def _authorizer(self, username: str, password: str) -> Worker:
+    def _authorize(self, sid: int, username: str, password: str) -> Worker:
+        """Parse the login and check the address's licence (allowlist); a connection's first worker decides its
+        site, whose curtailment may refuse it: the miner is told why (``client.show_message``, then error 24)
+        and the connection is closed."""
         try:
             worker = parse_worker(username, password, self._network)
         except AuthError:
@@ -527,6 +553,16 @@ class StratumServer:
             raise
         if self.access is not None:
             self.access.check(worker)  # AuthError (error 24) for an address not licensed
+        session = self.sessions.get(sid)
+        if self.sites is not None and session is not None and session.site is None:
+            site, refusal = self.sites.admit(session.ip, worker.name, worker.script)
+            if refusal is not None:
+                self._refusals["site-curtailment"].inc()
+                session.protocol.show_message(refusal)
+                session.closing = True
+                session.close_reason = "curtailed"
+                raise AuthError(refusal)
+            session.site = site
         return worker
 
     def close_with_message(self, session: Session, reason: str, message: str) -> None:
@@ -551,7 +587,13 @@ class StratumServer:
                 self.metrics.share_rejects.labels("unlicensed").inc()
                 proto.answer_error(event.request_id, ERR_UNAUTHORIZED, "Address is no longer licensed on this pool")
                 return
+            blocks = self.coordinator.blocks_found
             result, committed = self.coordinator.judge(event, proto.extranonce1)
+            if self.sites is not None and session.site is not None:
+                # A block counts when the coordinator sent one: a stale share can still carry a block.
+                self.sites.share(session.site, event.worker.full_name, event.worker.name,
+                                 result.difficulty if isinstance(result, Accepted) else None,
+                                 self.coordinator.blocks_found > blocks)
             self._answer_share(session, event, result, committed)
         elif isinstance(event, Subscribed):
             self.metrics.subscribes.inc()
@@ -562,6 +604,10 @@ class StratumServer:
                 self._send_work(session, fresh=False)
         elif isinstance(event, Authorized):
             self.metrics.authorizes.labels("ok").inc()
+            worker = event.worker
+            self.coordinator.stats.seen(worker.address, worker.name, time.time())
+            if self.sites is not None and session.site is not None:
+                self.sites.authorized(session.id, session.site, worker.full_name, worker.name)
             if event.first:
                 self._handshaking.pop(session.id, None)
                 session.worker = event.worker
@@ -598,6 +644,8 @@ class StratumServer:
             else:
                 proto.answer_error(event.request_id, ERR_JOB_NOT_FOUND, "Job not found")
         elif isinstance(event, ShareRefused):
+            if self.sites is not None and session.site is not None:
+                self.sites.share(session.site, "", "", None, False)
             self.metrics.shares.labels("rejected").inc()
             self.metrics.share_rejects.labels(event.rejected.reason.value).inc()
             session.errors += 1

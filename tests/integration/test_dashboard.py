@@ -297,7 +297,7 @@ async def test_sites_page_in_chromium(regtest, tmp_path: Path, browser, screensh
     """With sites configured: the Sites link appears, each site shows hashrate and power against its budget,
     and a curtailment (made over the admin API, never from the page) shows as the site's state."""
     try:
-        import pool.ops.sites_api  # noqa: F401  (the sites feature)
+        from pool.ops.sites import SitesApi  # noqa: F401  (the sites feature)
     except ImportError:
         pytest.skip("this build has no sites feature (/api/sites)")
     async with running_pool(regtest, tmp_path / "pool", site=SITES, admin={"token": ADMIN_TOKEN}) as app:

@@ -60,9 +60,11 @@ class TestMiner:
         self.accepted = 0
         self.rejected: list[Any] = []
         self.version_mask = 0
+        self.local_host: str | None = None  # source address to connect from (any 127.0.0.0/8 on loopback)
 
     async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        local = (self.local_host, 0) if self.local_host else None
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, local_addr=local)
         self._reader_task = asyncio.create_task(self._read_loop())
 
     async def close(self) -> None:

@@ -35,10 +35,21 @@ SUFFIXES = {
 }
 
 
+def _families() -> list[Any]:
+    """The pool's metric families: the fixed ones and the per-site ones (collected at scrape time)."""
+    from pool.ops.sites import SiteCollector
+    from pool.programme.controller import SiteController
+    from pool.programme.siteconfig import parse_programme
+
+    programme = parse_programme([{"name": "north", "cidrs": ["10.0.0.0/8"], "power_budget_kw": 1,
+                                  "efficiency_j_per_th": 20}], {})
+    return [*Metrics().registry.collect(), *SiteCollector(SiteController(programme)).collect()]
+
+
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    for family in _families():
         names.add(family.name)
         names.update(sample.name for sample in family.samples)
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ()))
@@ -81,7 +92,7 @@ def test_exported_names_include_suffixes(exported):
 
 def test_metric_names_follow_prometheus_conventions():
     base_units = ("_seconds", "_bytes", "_satoshis", "_hashes_per_second", "_total", "_size")
-    for family in Metrics().registry.collect():
+    for family in _families():
         if not family.name.startswith("pool_"):
             continue
         if family.type == "counter":
@@ -253,6 +264,19 @@ def test_alert_rules_present_and_complete():
     drop = rules["HashrateDrop"]["expr"]
     assert "offset 1h" in drop and "0.5" in drop and "pool_accepted_difficulty_total" in drop
     assert re.search(r"\bup\b.*== 0", rules["PoolDown"]["expr"])
+    assert rules["SiteWorkersSilent"]["expr"] == "pool_site_silent_workers > 0"  # one alert per site label
+    assert "pool_site_power_budget_ratio" in rules["SitePowerOverBudget"]["expr"]
+    assert "pool_site_curtailed == 1" in rules["SiteCurtailmentNotShedding"]["expr"]
+
+
+def test_dashboard_has_a_row_per_site(dashboard):
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "pool_site_" in variables["site"]["query"]["query"] and variables["site"]["multi"]
+    rows = [p for p in dashboard["panels"] if p["type"] == "row" and p.get("repeat") == "site"]
+    assert len(rows) == 1
+    power = " ".join(t["expr"] for p in _panels(dashboard) if "power against budget" in p["title"].lower()
+                     for t in p["targets"])
+    assert "pool_site_power_watts" in power and "pool_site_power_budget_watts" in power and '$site' in power
 
 
 def test_alert_rules_query_only_exported_metrics(exported):

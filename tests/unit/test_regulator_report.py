@@ -167,10 +167,14 @@ def test_cli_takes_operators_and_efficiency_from_the_config(ledger_path: Path, t
         f'[ledger]\n{"url" if str(ledger_path).startswith("postgresql://") else "path"} = "{ledger_path}"\n'
         f'[authorization]\nallowlist_file = "{allowlist}"\n'  # mode open: the file only names operators
         '[report]\nefficiency_j_per_th = 17.5\n'
+        '[[site]]\nname = "north-dam"\nworker_prefix = "n-"\npower_budget_kw = 100\nefficiency_j_per_th = 21.5\n'
     )
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert main(["report", "--config", str(config), "--from", day, "--to", day, "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["report"]["fleet_efficiency_j_per_th"] == 17.5
+    energy = {e["site"]: e for e in report["energy"]}
+    assert energy["north-dam"]["efficiency_j_per_th"] == 21.5  # its [[site]] figure
+    assert energy["south-farm"]["efficiency_j_per_th"] == 17.5  # not a configured site: the fleet's
     assert {r["address"]: r["operator"] for r in report["addresses"]}[BRAVO] == "Bravo Energy"
     assert report["report"]["allowlist_sha256"] == parse_allowlist(ALLOWLIST, "regtest").digest
