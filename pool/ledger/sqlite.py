@@ -39,7 +39,8 @@ log = structlog.get_logger("pool.ledger")
 
 Op = Callable[[Any], Any]  # called with a sqlite3.Connection or a pg.PgConnection
 RECONNECT_INTERVAL = 0.5  # PostgreSQL down: seconds between the writer's connection attempts
-IDLE_READERS = 4  # PostgreSQL: connections kept open for reads and run_sync (SQLite opens one per call)
+IDLE_READERS = 4
+PG_MAX_BATCH = 250  # PostgreSQL: connections kept open for reads and run_sync (SQLite opens one per call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,9 @@ class Ledger:
         self._queue: queue.Queue[tuple[Op | None, asyncio.Future[Any] | None, asyncio.AbstractEventLoop | None]] = (
             queue.Queue()
         )
-        self._max_batch = max_batch
+        # PostgreSQL: a batch's cost per share grows past a few hundred shares (its one prefetch query and
+        # pipeline grow with it), while a few hundred already spread the commit's round trips thin.
+        self._max_batch = max_batch if self.url is None else min(max_batch, PG_MAX_BATCH)
         self._max_wait = max_wait
         conn = self._connect()
         try:
