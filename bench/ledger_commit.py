@@ -11,8 +11,11 @@ same process on the same disk (one temporary directory):
 * one-transaction: all inserts in a single transaction, one commit at the end -- the upper bound, with no
   per-share durability at all.
 
-All three run the same ``book.insert_share`` SQL. Usage: ``python bench/ledger_commit.py [--seconds 3]
-[--dir PATH] [--check]``. ``--dir`` puts the databases on another filesystem (the default is the system
+All three run the same ``book.insert_share`` SQL. The same group-commit runs and the naive baseline are then
+repeated on PostgreSQL (a throwaway cluster started for the run, as the tests do, or ``--pg-url`` for a server
+of your own; ``--no-postgres`` skips it), printed next to SQLite's figures at the same concurrency: both
+answer a share only after its transaction is durable (PostgreSQL: ``synchronous_commit=on``, fsync on).
+Usage: ``python bench/ledger_commit.py [--seconds 3] [--dir PATH] [--check] [--pg-url URL | --no-postgres]``. ``--dir`` puts the databases on another filesystem (the default is the system
 temporary directory; a tmpfs there makes fsync free and the figures meaningless). Exits 0 unless ``--check``
 is given and group commit at C=100 is not at least 2x the naive baseline.
 """
@@ -130,9 +133,10 @@ def one_transaction(path: Path, seconds: float, sqlite_mod: ModuleType, book: Mo
     return {"rate": i / elapsed, "batch": float(i), "p50": elapsed, "p99": elapsed, "count": i}
 
 
-async def group_commit(path: Path, seconds: float, producers: int, sqlite_mod: ModuleType) -> dict[str, float]:
-    """``producers`` tasks, each awaiting its share's commit before recording the next."""
-    ledger = sqlite_mod.Ledger(path)
+async def group_commit(path: Path | str, seconds: float, producers: int, sqlite_mod: ModuleType) -> dict[str, float]:
+    """``producers`` tasks, each awaiting its share's commit before recording the next (``path``: a SQLite file
+    or a ``postgresql://`` URL)."""
+    ledger = sqlite_mod.Ledger(path, rollup_interval=0)
     batches: list[int] = []
     started = time.perf_counter()
     ledger.on_commit = lambda size, _secs: batches.append(size)  # writer thread; list.append is atomic
@@ -182,6 +186,62 @@ async def group_commit(path: Path, seconds: float, producers: int, sqlite_mod: M
     }
 
 
+def naive_pg(url: str, seconds: float, sqlite_mod: ModuleType, book: ModuleType) -> dict[str, float]:
+    """PostgreSQL, one transaction per share (with the ledger's write lock, as the writer takes it)."""
+    from pool.ledger import pg
+
+    sqlite_mod.Ledger(url, rollup_interval=0).close()  # the schema
+    conn = pg.connect(url)
+    policy = book.Policy()
+    latencies: list[float] = []
+    i = 0
+    perf = time.perf_counter
+    t0 = now = perf()
+    deadline = t0 + seconds
+    while now < deadline:
+        s = make_record(sqlite_mod, i)
+        start = perf()
+        conn.execute("BEGIN IMMEDIATE")
+        book.insert_share(conn, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
+        conn.execute("COMMIT")
+        now = perf()
+        latencies.append(now - start)
+        i += 1
+    conn.close()
+    latencies.sort()
+    return {"rate": i / (now - t0), "batch": 1.0, "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99), "count": i}
+
+
+def postgres_runs(args: argparse.Namespace, sqlite_mod: ModuleType, book: ModuleType
+                  ) -> tuple[str, dict[str, float], dict[int, dict[str, float]]] | None:
+    """The naive baseline and the group-commit runs on PostgreSQL; None when it is skipped or unavailable."""
+    if args.no_postgres:
+        return None
+    cluster = None
+    if args.pg_url:
+        def new_db() -> str:
+            return str(args.pg_url)
+        where = "PostgreSQL at --pg-url (the same database for every run: it must be empty)"
+    else:
+        try:
+            from tests.support.postgres import start_cluster
+
+            cluster = start_cluster()
+        except Exception as exc:  # noqa: BLE001 - report and go on with SQLite alone
+            print(f"PostgreSQL: skipped ({exc})")
+            return None
+        new_db = cluster.create_database
+        where = f"PostgreSQL {cluster.bin_dir.parent.name}, throwaway cluster in {cluster.dir} ({filesystem_of(cluster.dir)})"
+    try:
+        base = naive_pg(new_db(), args.seconds, sqlite_mod, book)
+        results = {c: run_loop(lambda c=c: group_commit(new_db(), args.seconds, c, sqlite_mod)) for c in CONCURRENCY}
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+    return where, base, results
+
+
 def fsync_latency(path: Path, count: int = 200) -> tuple[float, float]:
     """p50/p99 seconds of a 4 KiB append + fsync in ``path``: what one durable commit costs on this disk."""
     times: list[float] = []
@@ -216,6 +276,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", default=None, help="where to create the temporary databases (default: system tmp)")
     parser.add_argument("--check", action="store_true",
                         help=f"exit 1 if group commit at C={CHECK_AT} is below {TARGET_RATIO:g}x the naive baseline")
+    parser.add_argument("--pg-url", default=None, help="an empty PostgreSQL database to use instead of a throwaway"
+                        " cluster (password: POOL_LEDGER_PASSWORD is not read here; use trust or .pgpass)")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 600:
         parser.error("--seconds must be in (0, 600]")
@@ -260,6 +323,18 @@ def main(argv: list[str] | None = None) -> int:
             lat = f"{r['p50'] * 1000:>9.3f}{r['p99'] * 1000:>9.3f}"
         print(f"{name:<26}{r['rate']:>11,.0f}{r['batch']:>12,.1f}{lat}"
               f"{r['rate'] / base['rate']:>9.2f}x{r['rate'] / upper['rate']:>10.1%}")
+    pg_result = postgres_runs(args, sqlite_mod, book)
+    if pg_result is not None:
+        where, pg_base, pg_results = pg_result
+        print(f"\n{where}, synchronous_commit=on: acknowledged shares/s next to SQLite's")
+        print(f"{'variant':<26}{'PG shares/s':>12}{'mean batch':>12}{'p50 ms':>9}{'p99 ms':>9}{'SQLite':>11}"
+              f"{'PG/SQLite':>11}")
+        for name, r, other in [("naive (1 txn per share)", pg_base, base)] + [
+                (f"group commit C={c}", pg_results[c], results[c]) for c in CONCURRENCY]:
+            print(f"{name:<26}{r['rate']:>12,.0f}{r['batch']:>12,.1f}{r['p50'] * 1000:>9.3f}{r['p99'] * 1000:>9.3f}"
+                  f"{other['rate']:>11,.0f}{r['rate'] / other['rate']:>10.2f}x")
+            if r.get("rows", r["count"]) < r["count"] or r.get("errors"):
+                print(f"WARNING: PostgreSQL {name}: rows {r.get('rows')} < acks {r['count']} or errors")
     bad = [c for c, r in results.items() if r.get("errors")]
     if bad:
         print(f"WARNING: ledger errors at C={bad}")

@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--head", help="verify: also check that this audit hash (a report's audit_head_hash) is"
                                       " in the chain")
     ledger_args(audit)
+    ledger = sub.add_parser("ledger", help="ledger maintenance")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    migrate = ledger_sub.add_parser("migrate", help="copy a SQLite ledger into an empty PostgreSQL database and"
+                                    " verify the audit chain there (password: POOL_LEDGER_PASSWORD or"
+                                    " --password-file)")
+    migrate.add_argument("--from", dest="source", required=True, help="sqlite:PATH")
+    migrate.add_argument("--to", dest="target", required=True, help="postgresql://user@host:port/db")
+    migrate.add_argument("--password-file", help="file holding the PostgreSQL password")
     report = sub.add_parser("report", help="regulator's report: blocks, rewards, credits, payments, operators,"
                                            " energy per site, over a period")
     report.add_argument("--from", dest="date_from", required=True, help="YYYY-MM-DD (UTC) or ISO 8601 date-time")
@@ -62,12 +70,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ledger_path(args: argparse.Namespace) -> Path:
+def _ledger_path(args: argparse.Namespace) -> object:
+    """The ledger to read: ``--ledger`` (a SQLite path or a postgresql:// URL), else the config's, else the
+    embedded mode's file."""
     if args.ledger:
-        return Path(args.ledger)
+        return args.ledger if args.ledger.startswith(("postgresql://", "postgres://")) else Path(args.ledger)
     if args.config:
-        return load_config(args.config).ledger_file
+        return load_config(args.config).ledger_source
     return embedded_default(args.data_dir).ledger_file
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from pool.ledger import pg
+    from pool.ledger.schema import SchemaError
+    from pool.ledger.transfer import MigrationError, migrate_sqlite_to_pg
+
+    if not args.source.startswith("sqlite:"):
+        print("pool: --from must be sqlite:PATH", file=sys.stderr)
+        return 2
+    if not pg.is_url(args.target):
+        print("pool: --to must be a postgresql:// URL", file=sys.stderr)
+        return 2
+    if pg.has_password(args.target):
+        print("pool: --to holds a password: give it in POOL_LEDGER_PASSWORD or --password-file", file=sys.stderr)
+        return 2
+    try:
+        password = pg.read_password(args.password_file)
+        result = migrate_sqlite_to_pg(Path(args.source[len("sqlite:"):]),
+                                      pg.PgTarget(args.target, password))
+    except (MigrationError, SchemaError, pg.Error, OSError) as exc:
+        print(f"pool: ledger migrate failed: {pg.redact(str(exc))}", file=sys.stderr)
+        return 1
+    print(("pool: " if result.ok else "pool: ledger migrate failed: ") + result.message,
+          file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
 
 
 def _regulator_report(args: argparse.Namespace) -> int:
@@ -95,14 +131,16 @@ def _regulator_report(args: argparse.Namespace) -> int:
     if not efficiency > 0:
         print("pool: --efficiency must be a positive number of joules per terahash", file=sys.stderr)
         return 2
+    from pool.ledger import pg
+
     try:
         # A site configured as [[site]] is reported at its own efficiency_j_per_th (matched by name with the
         # allowlist's site column); any other at the fleet figure.
         site_efficiency = {s.name: s.efficiency_j_per_th for s in config.programme.sites} if config else None
         report = reports.regulator_report(path, period, allowlist, efficiency, site_efficiency=site_efficiency,
                                           site=args.site)
-    except FileNotFoundError as exc:
-        print(f"pool: {exc}", file=sys.stderr)
+    except (FileNotFoundError, pg.Error) as exc:
+        print(f"pool: {pg.redact(str(exc))}", file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"pool: {exc}", file=sys.stderr)
@@ -113,6 +151,7 @@ def _regulator_report(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from pool import reports
+    from pool.ledger import pg
 
     if args.command == "report":
         return _regulator_report(args)
@@ -130,8 +169,8 @@ def _report(args: argparse.Namespace) -> int:
             "blocks": lambda: reports.blocks(path),
             "payouts": lambda: reports.payouts(path, args.by),
         }[args.command]()
-    except FileNotFoundError as exc:
-        print(f"pool: {exc}", file=sys.stderr)
+    except (FileNotFoundError, pg.Error) as exc:
+        print(f"pool: {pg.redact(str(exc))}", file=sys.stderr)
         return 1
     print(reports.render(table, args.json))
     return 0
@@ -200,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("workers", "blocks", "payouts", "audit", "report"):
             return _report(args)
+        if args.command == "ledger":
+            return _migrate(args)
         if args.command == "sites":
             return _sites(args)
         if args.command == "check-config":
@@ -226,10 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # start-up failures an operator must read, not a traceback
+        from pool.ledger import pg
         from pool.node.regtest import BitcoindNotFound
         from pool.node.rpc import NodeError, NodeUnavailable
         from pool.server.tls import TlsError  # certificate or key changed between the config check and start
 
+        if isinstance(exc, pg.Error):  # the PostgreSQL ledger is unreachable or refuses the login
+            print(f"pool: cannot start: ledger database: {pg.redact(str(exc))}", file=sys.stderr)
+            return 1
         if isinstance(exc, BitcoindNotFound | NodeUnavailable | NodeError | OSError | RuntimeError | TlsError):
             print(f"pool: cannot start: {exc}", file=sys.stderr)
             return 1

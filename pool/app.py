@@ -16,6 +16,7 @@ from pool.ledger import book
 from pool.ledger.accounting import fee_basis_points
 from pool.ledger.book import REJECTED, Policy
 from pool.ledger.history import HistoryWriter, Retention
+from pool.ledger.leader import Leadership, lock_for
 from pool.ledger.sqlite import Ledger
 from pool.mining.jobs import BlockTemplate
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
@@ -59,6 +60,7 @@ class PoolApp:
         self.history: HistoryWriter | None = None
         self.maturity: MaturityTracker | None = None
         self.payments: PaymentProcessor | None = None
+        self.leadership: Leadership | None = None
         self.wallet: NodeClient | None = None
         self.submit_clients: list[NodeClient] = []
         self.started_at = time.time()
@@ -114,8 +116,11 @@ class PoolApp:
         creds = nodes[0][1]
         pool_script = address_to_script(self.pool_address, cfg.node.network) if self.pool_address else None
         pc = cfg.payout
-        self.ledger = Ledger(cfg.ledger_file, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
+        self.ledger = Ledger(cfg.ledger_source, Policy(pc.scheme, fee_basis_points(pc.fee_percent), pc.pplns_factor))
         self.ledger.on_commit = self._on_commit
+        ledger = self.ledger
+        self.metrics.ledger_up.set_function(
+            lambda: 1 if ledger.failure is None and ledger.unavailable_since is None else 0)
         self.ledger.on_failure = lambda exc: self._on_task_failure("ledger-writer", exc)
         # Block submission has connections and a thread of its own: never behind template or payment RPC.
         # One client per node: each gets every block at once.
@@ -194,7 +199,11 @@ class PoolApp:
         sup.start("history", self.history.run, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
                                         on_change=self._on_block_status, in_flight=self._blocks_in_flight)
-        sup.start("maturity", self.maturity.run)
+        # Maturity and payments run in one process per ledger: the holder of its leader lock.
+        self.leadership = Leadership(lock_for(cfg.ledger_source),
+                                     on_change=lambda leading: self.metrics.ledger_leader.set(1 if leading else 0))
+        sup.start("ledger-leader", self.leadership.run)
+        sup.start("maturity", self.leadership.gated(self.maturity.run))
         if pc.payments_enabled:
             wallet_url = creds.url.rstrip("/") + (f"/wallet/{pc.wallet}" if pc.wallet else "")
             wallet_creds = RpcCredentials(wallet_url, creds.user, creds.password, creds.cookie_file)
@@ -202,7 +211,7 @@ class PoolApp:
                                      on_stale=lambda m: stale(m).inc())
             self.payments = PaymentProcessor(self.wallet, self.ledger, pc.payment_threshold, pc.payment_interval,
                                              pc.payment_grace)
-            sup.start("payments", self.payments.run)
+            sup.start("payments", self.leadership.gated(self.payments.run))
 
     def _blocks_in_flight(self) -> set[str]:
         """Blocks still being submitted, here or by a front-end process (maturity leaves them alone)."""
@@ -373,6 +382,9 @@ class PoolApp:
                          if slot.link is None]
         if self.ledger is not None and self.ledger.failure is not None:
             problems.append(f"ledger writer stopped ({self.ledger.failure!r}): shares cannot be recorded")
+        if self.ledger is not None and self.ledger.unavailable_since is not None:
+            problems.append(f"ledger database unreachable for {time.monotonic() - self.ledger.unavailable_since:.0f} s:"
+                            " shares are answered 'not recorded' until it is back")
         if self.source is None or not self.source.healthy:
             problems.append("bitcoind unreachable or giving no templates")
         if self.source is not None and self.source.fetched_at:

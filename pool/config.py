@@ -182,6 +182,8 @@ class Config:
     report: ReportConfig = ReportConfig()
     data_dir: str = "data"
     ledger_path: str = ""
+    ledger_url: str = ""  # postgresql://user@host:port/db selects PostgreSQL (else the SQLite file)
+    ledger_password: str = field(default="", repr=False)  # POOL_LEDGER_PASSWORD or ledger.password_file
     metrics_enabled: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100
@@ -200,6 +202,15 @@ class Config:
     @property
     def ledger_file(self) -> Path:
         return Path(self.ledger_path) if self.ledger_path else Path(self.data_dir) / "ledger.sqlite3"
+
+    @property
+    def ledger_source(self) -> Any:
+        """What to open: the PostgreSQL database (``pg.PgTarget``) when ``ledger.url`` is set, else the file."""
+        if not self.ledger_url:
+            return self.ledger_file
+        from pool.ledger.pg import PgTarget
+
+        return PgTarget(self.ledger_url, self.ledger_password or None)
 
 
 SCHEMES = ("pplns", "pps", "fpps", "solo")
@@ -412,6 +423,7 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
 
     top = _Reader(raw, "")
     ledger_table = _Reader(top._get("ledger", {}, (dict,), "a table"), "ledger")
+    ledger_url, ledger_password = _ledger_url(ledger_table, env)
     metrics_table = _Reader(top._get("metrics", {}, (dict,), "a table"), "metrics")
     log_table = _Reader(top._get("logging", {}, (dict,), "a table"), "logging")
     config = Config(
@@ -429,6 +441,8 @@ def parse_config(raw: dict[str, Any], env: dict[str, str] | None = None) -> Conf
         report=report,
         data_dir=top.string("data_dir", "data"),
         ledger_path=ledger_table.string("path", ""),
+        ledger_url=ledger_url,
+        ledger_password=ledger_password,
         metrics_enabled=metrics_table.boolean("enabled", True),
         metrics_host=metrics_table.string("host", "127.0.0.1"),
         metrics_port=metrics_table.integer("port", 9100, 0, 65535),
@@ -563,6 +577,35 @@ def _check_tls(stratum: StratumConfig) -> None:
         load_tls_context(stratum.tls_cert, stratum.tls_key)
     except TlsError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _ledger_url(t: _Reader, env: dict[str, str]) -> tuple[str, str]:
+    """``ledger.url`` and its password (``POOL_LEDGER_PASSWORD`` or ``ledger.password_file``), checked; the
+    password never goes into the URL, where logs and process lists would show it."""
+    url = t.string("url", "")
+    password_file = t.string("password_file", "")
+    if not url:
+        if password_file:
+            raise ConfigError("ledger.password_file is set but ledger.url is not: set the PostgreSQL URL")
+        return "", ""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"ledger.url must start with postgresql:// (got {url.split(':', 1)[0]!r}); leave it"
+                          " unset for the SQLite file (ledger.path)")
+    if re.match(r"^postgres(?:ql)?://[^:@/]*:[^@/]*@", url):
+        raise ConfigError("ledger.url holds a password: remove it from the URL and give it in"
+                          " POOL_LEDGER_PASSWORD or ledger.password_file (it would show in logs)")
+    if t._t.get("path"):
+        raise ConfigError("ledger.path and ledger.url are both set: keep one (url selects PostgreSQL)")
+    password = env.get("POOL_LEDGER_PASSWORD", "")
+    if password_file and not password:
+        try:
+            with open(password_file, encoding="utf-8") as fh:
+                password = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"ledger.password_file: cannot read {password_file!r}: {exc}") from exc
+        if not password:
+            raise ConfigError(f"ledger.password_file: {password_file!r} is empty")
+    return url, password
 
 
 def _history(h: _Reader) -> HistoryConfig:

@@ -1,8 +1,9 @@
 """Operator reports read from the ledger: workers, blocks, payouts, the audit log (verify, export), and the
 regulator's report (``pool report``: blocks, rewards, credits, payments, operators, energy per site).
 
-Plain SQLite reads, so they work on a live pool's ledger (WAL readers never block the writer) and on a copy
-handed to an auditor.
+Plain read-only queries, so they work on a live pool's ledger (SQLite WAL readers and PostgreSQL readers never
+block the writer) and on a copy handed to an auditor. ``source`` is a SQLite path, a ``postgresql://`` URL or a
+``pg.PgTarget`` (URL and password).
 """
 
 from __future__ import annotations
@@ -11,31 +12,29 @@ import csv
 import datetime
 import io
 import json
-import sqlite3
 import time
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from pool.ledger import dialect
 from pool.ledger.book import GENESIS, AuditEntry, read_audit, verify
+from pool.ledger.pg import LedgerSource, describe, open_reader
 from pool.ledger.rollup import totals_sql as share_totals_sql
 from pool.mining.allowlist import Allowlist
 
 Table = tuple[list[str], list[tuple[Any, ...]]]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no ledger at {path}")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def _connect(path: LedgerSource) -> Any:
+    return open_reader(path)
 
 
-def workers(path: Path) -> Table:
+def workers(path: LedgerSource) -> Table:
     """Per worker: shares and difficulty (rolled-up hours plus the rows still kept), blocks and credits."""
     with closing(_connect(path)) as conn:
         rows = conn.execute(
-            "SELECT s.address, s.worker, s.shares, s.difficulty, datetime(s.last_ts, 'unixepoch'),"
+            f"SELECT s.address, s.worker, s.shares, s.difficulty, {dialect.of(conn).datetime('s.last_ts')},"
             " (SELECT COUNT(*) FROM blocks b WHERE b.address = s.address AND b.worker = s.worker),"
             " COALESCE((SELECT SUM(amount) FROM credits c WHERE c.address = s.address AND c.worker = s.worker"
             "   AND c.status IN ('payable', 'onchain')), 0),"
@@ -46,17 +45,17 @@ def workers(path: Path) -> Table:
     return ["address", "worker", "shares", "difficulty", "last_share", "blocks", "credited_sats", "pending_sats"], rows
 
 
-def blocks(path: Path) -> Table:
+def blocks(path: LedgerSource) -> Table:
     with closing(_connect(path)) as conn:
         rows = conn.execute(
             "SELECT height, block_hash, address || CASE WHEN worker != '' THEN '.' || worker ELSE '' END,"
-            " reward, fee, scheme, status, confirmations, datetime(found_at, 'unixepoch')"
+            f" reward, fee, scheme, status, confirmations, {dialect.of(conn).datetime('found_at')}"
             " FROM blocks ORDER BY height DESC, found_at DESC"
         ).fetchall()
     return ["height", "hash", "finder", "reward_sats", "fee_sats", "scheme", "status", "confirmations", "found"], rows
 
 
-def payouts(path: Path, by: str = "address") -> Table:
+def payouts(path: LedgerSource, by: str = "address") -> Table:
     """Credits, payments and balance per payout address (or per worker)."""
     with closing(_connect(path)) as conn:
         if by == "worker":
@@ -86,12 +85,12 @@ def payouts(path: Path, by: str = "address") -> Table:
             "paid_in_coinbase_sats"], rows
 
 
-def audit_entries(path: Path) -> list[AuditEntry]:
+def audit_entries(path: LedgerSource) -> list[AuditEntry]:
     with closing(_connect(path)) as conn:
         return read_audit(conn)
 
 
-def audit_verify(path: Path, head: str | None = None) -> tuple[bool, str]:
+def audit_verify(path: LedgerSource, head: str | None = None) -> tuple[bool, str]:
     """Check the hash chain and that every block's credits plus fee equal its reward; with ``head`` (a report's
     ``audit_head_hash``) also that the chain still contains that entry, i.e. the report's ledger state is a
     prefix of this one."""
@@ -118,7 +117,7 @@ def audit_verify(path: Path, head: str | None = None) -> tuple[bool, str]:
     return True, f"audit log OK: {result.entries} entries, chain intact, every block balances{at}"
 
 
-def audit_export(path: Path, fmt: str) -> str:
+def audit_export(path: LedgerSource, fmt: str) -> str:
     entries = audit_entries(path)
     if fmt == "json":
         return json.dumps(
@@ -196,7 +195,7 @@ def energy_kwh(accepted_difficulty: float, efficiency_j_per_th: float) -> float:
     return accepted_difficulty * HASHES_PER_DIFF1 / 1e12 * efficiency_j_per_th / JOULES_PER_KWH
 
 
-def regulator_report(path: Path, period: Period, allowlist: Allowlist | None = None,
+def regulator_report(path: LedgerSource, period: Period, allowlist: Allowlist | None = None,
                      fleet_efficiency: float = 30.0, site_efficiency: dict[str, float] | None = None,
                      site: str | None = None) -> dict[str, Any]:
     """Blocks and rewards, credits and payments (txids) per address and operator, and an energy estimate per
@@ -225,13 +224,17 @@ def regulator_report(path: Path, period: Period, allowlist: Allowlist | None = N
 
     span = (period.start, period.end)
     with closing(_connect(path)) as conn:
-        conn.isolation_level = None
-        conn.execute("BEGIN")  # one snapshot: the figures and the audit head agree
+        d = dialect.of(conn)
+        if d.is_pg:  # one snapshot: the figures and the audit head agree
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        else:
+            conn.isolation_level = None
+            conn.execute("BEGIN")
         head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         work: dict[str, list[float]] = {}
         parts = ["SELECT address, COUNT(*), SUM(difficulty) FROM shares WHERE ts >= ? AND ts < ? GROUP BY address"]
         params: list[float] = [*span]
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'share_rollup'").fetchone():
+        if conn.execute(d.table_exists_sql(), ("share_rollup",)).fetchone():
             parts.append("SELECT address, SUM(shares), SUM(difficulty) FROM share_rollup"
                          " WHERE hour * 3600 >= ? AND hour * 3600 < ? GROUP BY address")
             params += span
@@ -318,7 +321,7 @@ def regulator_report(path: Path, period: Period, allowlist: Allowlist | None = N
         row["txids"] = " ".join(row["txids"])
     return {
         "report": {
-            "from": _iso(period.start), "to": _iso(period.end), "site": site, "ledger": str(path),
+            "from": _iso(period.start), "to": _iso(period.end), "site": site, "ledger": describe(path),
             "generated_at": _iso(time.time()),
             "audit_head_seq": head[0] if head else 0, "audit_head_hash": head[1] if head else GENESIS,
             "allowlist_sha256": allowlist.digest if allowlist is not None else None,

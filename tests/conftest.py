@@ -49,6 +49,97 @@ def bitcoind_dir() -> Path:
     return _bitcoind_dir()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the whole run (skipped with the reason when PostgreSQL is not
+    installed, except on CI, where it must be: scripts/setup.sh installs it)."""
+    from tests.support.postgres import PostgresNotFound, start_cluster
+
+    try:
+        cluster = start_cluster()
+    except PostgresNotFound as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_backend(request: pytest.FixtureRequest) -> str:
+    """Run the test on both ledger backends."""
+    return str(request.param)
+
+
+class LedgerTargets:
+    """Where a test's ledgers live: ``targets(name)`` is a new SQLite file or a new PostgreSQL database (its
+    URL) per call; ``copy(source, name)`` duplicates a closed ledger (SQLite backup / PostgreSQL template)."""
+
+    def __init__(self, backend: str, tmp_path: Path, cluster: Any) -> None:
+        self.backend = backend
+        self._tmp = tmp_path
+        self._cluster = cluster
+        self._made: list[str] = []
+
+    @property
+    def is_pg(self) -> bool:
+        return self._cluster is not None
+
+    def __call__(self, name: str = "ledger.sqlite3") -> Path | str:
+        if self._cluster is None:
+            return self._tmp / name
+        url = self._cluster.create_database()
+        self._made.append(url)
+        return url
+
+    def copy(self, source: Path | str, name: str) -> Path | str:
+        if self._cluster is None:
+            import sqlite3
+
+            dst = self._tmp / name
+            s, d = sqlite3.connect(source), sqlite3.connect(dst)
+            try:
+                s.backup(d)
+            finally:
+                s.close()
+                d.close()
+            return dst
+        url = self._cluster.create_database(template=str(source).rsplit("/", 1)[1])
+        self._made.append(url)
+        return url
+
+    def verify(self) -> None:
+        """Every PostgreSQL ledger made passes ``pool audit verify`` (the integration tests' check of SQLite
+        files, ``ledgers_verify``, for this backend)."""
+        from pool.reports import audit_verify
+
+        for url in self._made:
+            try:
+                ok, message = audit_verify(url)
+            except Exception:  # noqa: BLE001 - a database the test never opened as a ledger
+                continue
+            assert ok, f"{url}: {message}"
+
+    def cleanup(self) -> None:
+        for url in self._made:
+            self._cluster.drop_database(url)
+
+
+@pytest.fixture
+def ledger_target(ledger_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LedgerTargets]:
+    """Where the test's ledgers live, on the backend the test is parametrized with."""
+    cluster = request.getfixturevalue("pg_cluster") if ledger_backend == "postgresql" else None
+    targets = LedgerTargets(ledger_backend, tmp_path, cluster)
+    try:
+        yield targets
+        if request.node.get_closest_marker("integration") is not None:
+            targets.verify()
+    finally:
+        targets.cleanup()
+
+
 def start_node(tmp_path: Path, bin_dir: Path, extra_args: tuple[str, ...] = ()) -> RegtestNode:
     node = RegtestNode(tmp_path, bin_dir, extra_args=extra_args)
     node.start()

@@ -1,4 +1,5 @@
-"""Ledger operations on an open SQLite connection, each run inside the writer's transaction.
+"""Ledger operations on an open connection (SQLite, or PostgreSQL through ``pg.PgConnection``), each run inside
+the writer's transaction. The SQL is the subset both engines run (see ``dialect.py``).
 
 The accounting itself lives in ``accounting.py`` (pure); this module only reads the rows it needs, calls it,
 and writes the results plus their audit entries. Every state change of a block, credit or payment appends
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from typing import Any
 
 from pool.ledger import history, window
 from pool.ledger.accounting import Split, pps_value, solo_split
+from pool.ledger.dialect import Conn
 
 GENESIS = "0" * 64
 
@@ -175,13 +176,13 @@ class Policy:
     pplns_factor: float = 2.0
 
 
-def read_audit(conn: sqlite3.Connection) -> list[AuditEntry]:
+def read_audit(conn: Conn) -> list[AuditEntry]:
     """The whole audit log in order, as ``verify`` reads it."""
     rows = conn.execute("SELECT seq, ts, kind, payload, prev_hash, hash FROM audit ORDER BY seq").fetchall()
     return [AuditEntry(*row) for row in rows]
 
 
-def audit(conn: sqlite3.Connection, kind: str, payload: dict[str, Any]) -> str:
+def audit(conn: Conn, kind: str, payload: dict[str, Any]) -> str:
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
     ts = time.time()
@@ -192,8 +193,9 @@ def audit(conn: sqlite3.Connection, kind: str, payload: dict[str, Any]) -> str:
     return digest
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a ledger file written by an older version up to this schema (run once at open, idempotent)."""
+def migrate(conn: Conn) -> None:
+    """Bring a SQLite ledger file written before schema versioning up to this schema (idempotent); later changes
+    are numbered steps in ``schema.MIGRATIONS``."""
     window.migrate(conn)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(credits)")}
     # Each column on its own: a crash between two ALTERs (autocommit) must not leave one missing for good.
@@ -205,20 +207,24 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE credits ADD COLUMN network_difficulty REAL")
 
 
-def insert_share(conn: sqlite3.Connection, policy: Policy, s: Any, network_difficulty: float, subsidy: int,
+def insert_share(conn: Conn, policy: Policy, s: Any, network_difficulty: float, subsidy: int,
                  expected_fees: int) -> int:
     """One accepted share; under PPS/FPPS also its credit, which carries the share's and the network's
     difficulty so it stays auditable after the share row is rolled up."""
     if not (isinstance(s.difficulty, (int, float)) and math.isfinite(s.difficulty) and s.difficulty > 0):
         raise ValueError(f"share difficulty must be a positive number, not {s.difficulty!r}")
     cum, wcum = window.next_totals(conn, s.address, s.worker, s.difficulty)
-    cur = conn.execute(
-        "INSERT INTO shares (ts, address, worker, difficulty, share_difficulty, job_id, height, block_hash,"
-        " is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (s.ts, s.address, s.worker, s.difficulty, s.share_difficulty, s.job_id, s.height, s.block_hash,
-         int(s.is_block), cum, wcum),
-    )
-    share_id = int(cur.lastrowid or 0)
+    values = (s.ts, s.address, s.worker, s.difficulty, s.share_difficulty, s.job_id, s.height, s.block_hash,
+              int(s.is_block), cum, wcum)
+    take = getattr(conn, "take_share_id", None)  # PostgreSQL batch: ids drawn ahead (window.prefetch)
+    share_id = take() if take is not None else None
+    if share_id is not None:  # nothing to wait for: the insert can travel with the rest of the batch
+        conn.execute("INSERT INTO shares (id, ts, address, worker, difficulty, share_difficulty, job_id, height,"
+                     " block_hash, is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (share_id, *values))
+    else:
+        share_id = int(conn.execute(
+            "INSERT INTO shares (ts, address, worker, difficulty, share_difficulty, job_id, height, block_hash,"
+            " is_block, cum, wcum) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id", values).fetchone()[0])
     if policy.scheme in ("pps", "fpps") and network_difficulty > 0:
         fees = expected_fees if policy.scheme == "fpps" else 0
         amount = pps_value(s.difficulty, network_difficulty, subsidy, policy.fee_bp, fees)
@@ -232,7 +238,7 @@ def insert_share(conn: sqlite3.Connection, policy: Policy, s: Any, network_diffi
     return share_id
 
 
-def insert_block(conn: sqlite3.Connection, policy: Policy, b: Any) -> dict[str, Any]:
+def insert_block(conn: Conn, policy: Policy, b: Any) -> dict[str, Any]:
     """Record a found block and, under PPLNS/SOLO, its credits (pending until it matures)."""
     if conn.execute("SELECT 1 FROM blocks WHERE block_hash=?", (b.block_hash,)).fetchone():
         return {"duplicate": True}
@@ -270,7 +276,7 @@ def insert_block(conn: sqlite3.Connection, policy: Policy, b: Any) -> dict[str, 
     return payload
 
 
-def set_block_status(conn: sqlite3.Connection, block_hash: str, status: str, confirmations: int) -> bool:
+def set_block_status(conn: Conn, block_hash: str, status: str, confirmations: int) -> bool:
     """Move a block to a new state; its credits follow (confirmed → payable, orphaned → void, back again)."""
     row = conn.execute("SELECT status, scheme FROM blocks WHERE block_hash=?", (block_hash,)).fetchone()
     if row is None:
@@ -293,7 +299,7 @@ def set_block_status(conn: sqlite3.Connection, block_hash: str, status: str, con
     return True
 
 
-def balances(conn: sqlite3.Connection) -> dict[str, int]:
+def balances(conn: Conn) -> dict[str, int]:
     """Payable balance per address: payable credits minus payments sending or sent."""
     owed = dict(conn.execute(
         "SELECT address, SUM(amount) FROM credits WHERE status='payable' GROUP BY address").fetchall())
@@ -302,8 +308,12 @@ def balances(conn: sqlite3.Connection) -> dict[str, int]:
     return {a: int(owed.get(a, 0)) - int(paid.get(a, 0)) for a in set(owed) | set(paid)}
 
 
-def create_payments(conn: sqlite3.Connection, batch: str, threshold: int) -> list[tuple[str, int]]:
-    """Record, before anything is sent, a payment for every address at or above the threshold."""
+def create_payments(conn: Conn, batch: str, threshold: int) -> list[tuple[str, int]]:
+    """Record, before anything is sent, a payment for every address at or above the threshold; nothing while
+    an earlier batch is still ``sending`` (its outcome unknown). Checked inside the write transaction, so two
+    pool nodes sharing one ledger can never both start a batch for the same balances."""
+    if conn.execute("SELECT 1 FROM payments WHERE status='sending' LIMIT 1").fetchone() is not None:
+        return []
     due = sorted((a, v) for a, v in balances(conn).items() if v >= threshold and v > 0)
     now = time.time()
     for address, amount in due:
@@ -317,7 +327,7 @@ def create_payments(conn: sqlite3.Connection, batch: str, threshold: int) -> lis
     return due
 
 
-def finish_payments(conn: sqlite3.Connection, batch: str, status: str, txid: str | None) -> None:
+def finish_payments(conn: Conn, batch: str, status: str, txid: str | None) -> None:
     conn.execute("UPDATE payments SET status=?, txid=?, updated_at=? WHERE batch=? AND status='sending'",
                  (status, txid, time.time(), batch))
     audit(conn, "payment_" + status, {"batch": batch, "txid": txid})

@@ -18,13 +18,13 @@ numbers.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
-from pool.ledger import window
+from pool.ledger import dialect, window
+from pool.ledger.dialect import Conn
 
 BATCH = 10_000
 KEEP_SECONDS = 86_400.0
@@ -33,7 +33,7 @@ KEEP_SECONDS = 86_400.0
 WINDOW_MARGIN = 4.0
 
 
-def _first_id_from(conn: sqlite3.Connection, ts: float) -> int | None:
+def _first_id_from(conn: Conn, ts: float) -> int | None:
     """Id of the oldest row recorded at or after ``ts`` (ids follow time: a binary search on the key)."""
     bounds = conn.execute("SELECT MIN(id), MAX(id) FROM shares").fetchone()
     if bounds[0] is None:
@@ -50,7 +50,7 @@ def _first_id_from(conn: sqlite3.Connection, ts: float) -> int | None:
     return int(row[0]) if row is not None else lo
 
 
-def cutoff(conn: sqlite3.Connection, scheme: str, factor: float, network_difficulty: float,
+def cutoff(conn: Conn, scheme: str, factor: float, network_difficulty: float,
            keep_seconds: float, now: float, margin: float = WINDOW_MARGIN) -> int | None:
     """Rows with id below the returned id may be rolled up; None: none may."""
     last = conn.execute("SELECT MAX(id) FROM shares").fetchone()[0]
@@ -71,25 +71,29 @@ def cutoff(conn: sqlite3.Connection, scheme: str, factor: float, network_difficu
     return bound
 
 
-def rollup_batch(conn: sqlite3.Connection, below: int, batch: int = BATCH) -> int:
+def rollup_batch(conn: Conn, below: int, batch: int = BATCH) -> int:
     """Fold the oldest ``batch`` rows with id < ``below`` into ``share_rollup`` and delete them; in the caller's
     transaction. Returns the number of rows removed."""
     row = conn.execute("SELECT id FROM shares WHERE id < ? ORDER BY id LIMIT 1 OFFSET ?",
                        (below, batch - 1)).fetchone()
     upper = int(row[0]) if row else below - 1
+    d = dialect.of(conn)
+    hour = d.hour("ts")
     conn.execute(
         "INSERT INTO share_rollup (address, worker, hour, shares, difficulty, first_id, last_id, last_ts)"
-        " SELECT address, worker, CAST(ts / 3600 AS INTEGER), COUNT(*), SUM(difficulty), MIN(id), MAX(id), MAX(ts)"
-        " FROM shares WHERE id <= ? GROUP BY address, worker, CAST(ts / 3600 AS INTEGER)"
-        " ON CONFLICT (address, worker, hour) DO UPDATE SET shares = shares + excluded.shares,"
-        " difficulty = difficulty + excluded.difficulty, first_id = MIN(first_id, excluded.first_id),"
-        " last_id = MAX(last_id, excluded.last_id), last_ts = MAX(last_ts, excluded.last_ts)",
+        f" SELECT address, worker, {hour}, COUNT(*), SUM(difficulty), MIN(id), MAX(id), MAX(ts)"
+        f" FROM shares WHERE id <= ? GROUP BY address, worker, {hour}"
+        " ON CONFLICT (address, worker, hour) DO UPDATE SET shares = share_rollup.shares + excluded.shares,"
+        " difficulty = share_rollup.difficulty + excluded.difficulty,"
+        f" first_id = {d.least('share_rollup.first_id', 'excluded.first_id')},"
+        f" last_id = {d.greatest('share_rollup.last_id', 'excluded.last_id')},"
+        f" last_ts = {d.greatest('share_rollup.last_ts', 'excluded.last_ts')}",
         (upper,),
     )
     return conn.execute("DELETE FROM shares WHERE id <= ?", (upper,)).rowcount
 
 
-def prune(conn: sqlite3.Connection, scheme: str, factor: float, network_difficulty: float,
+def prune(conn: Conn, scheme: str, factor: float, network_difficulty: float,
           keep_seconds: float = KEEP_SECONDS, batch: int = BATCH, max_batches: int | None = None,
           now: float | None = None, margin: float = WINDOW_MARGIN, stop: Callable[[], bool] | None = None) -> int:
     """Roll up every prunable row, one ``batch`` per short transaction on ``conn`` (autocommit mode, not the
@@ -115,11 +119,11 @@ def prune(conn: sqlite3.Connection, scheme: str, factor: float, network_difficul
     return done
 
 
-def _has_rollup(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='share_rollup'").fetchone() is not None
+def _has_rollup(conn: Conn) -> bool:
+    return conn.execute(dialect.of(conn).table_exists_sql(), ("share_rollup",)).fetchone() is not None
 
 
-def totals_sql(conn: sqlite3.Connection, where: str = "") -> str:
+def totals_sql(conn: Conn, where: str = "") -> str:
     """SQL for (address, worker, shares, difficulty, last_ts) per worker over rolled-up and remaining rows
     (a ledger from before roll-ups, opened read-only, has only the rows)."""
     parts = [f"SELECT address, worker, COUNT(*) AS n, SUM(difficulty) AS d, MAX(ts) AS t FROM shares {where}"
@@ -128,10 +132,10 @@ def totals_sql(conn: sqlite3.Connection, where: str = "") -> str:
         parts.append(f"SELECT address, worker, SUM(shares), SUM(difficulty), MAX(last_ts) FROM share_rollup {where}"
                      " GROUP BY address, worker")
     return ("SELECT address, worker, SUM(n) AS shares, SUM(d) AS difficulty, MAX(t) AS last_ts FROM ("
-            + " UNION ALL ".join(parts) + ") GROUP BY address, worker")
+            + " UNION ALL ".join(parts) + ") AS t GROUP BY address, worker")
 
 
-def share_totals(conn: sqlite3.Connection, address: str | None = None) -> list[tuple[Any, ...]]:
+def share_totals(conn: Conn, address: str | None = None) -> list[tuple[Any, ...]]:
     """[(address, worker, shares, difficulty, last_ts)] ordered by address, worker; one address if given."""
     if address is None:
         return conn.execute(totals_sql(conn) + " ORDER BY address, worker").fetchall()

@@ -9,28 +9,38 @@ committed at once. All accounting goes through ``book.py``; this module is only 
 
 Share rows past every window are rolled up (``rollup.py``) by a maintenance thread of the ledger's own, on its
 own connection, in short batches between the writer's commits, never inside one.
+
+The same class runs the ledger on PostgreSQL when given a ``postgresql://`` URL instead of a path (``pg.py``):
+the same writer thread and group commits (a share is acknowledged once PostgreSQL has committed it), the same
+SQL. One difference is deliberate: a lost PostgreSQL connection (server restart, network) does not stop the
+writer for good. The batch in hand fails (its shares are answered with an error, never ``true``), and the next
+batch reconnects, so the pool recovers by itself once the server is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from pool.ledger import best, book, rollup
+from pool.ledger import best, book, dialect, pg, rollup, schema, window
 from pool.ledger.book import AuditEntry
 
 log = structlog.get_logger("pool.ledger")
 
-Op = Callable[[sqlite3.Connection], Any]
+Op = Callable[[Any], Any]  # called with a sqlite3.Connection or a pg.PgConnection
+RECONNECT_INTERVAL = 0.5  # PostgreSQL down: seconds between the writer's connection attempts
+IDLE_READERS = 4
+PG_MAX_BATCH = 250  # PostgreSQL: connections kept open for reads and run_sync (SQLite opens one per call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,25 +81,52 @@ class DuplicateShare(Exception):
     coordinator, which sees every share, refuses the same solution arriving through another process)."""
 
 
-class Ledger:
-    """SQLite ledger with a single writer thread doing group commits."""
+class LedgerUnavailable(Exception):
+    """The database cannot be reached right now (PostgreSQL down): this write failed, later ones may not."""
 
-    def __init__(self, path: Path, policy: book.Policy | None = None, max_batch: int = 2000,
+
+class _StaleConnection(Exception):
+    """A PostgreSQL connection was found dead before anything ran on it."""
+
+
+class Ledger:
+    """The ledger (SQLite file or PostgreSQL database) with a single writer thread doing group commits."""
+
+    def __init__(self, path: Path | str | pg.PgTarget, policy: book.Policy | None = None, max_batch: int = 2000,
                  max_wait: float = 0.0, rollup_interval: float = 600.0,
-                 keep_seconds: float = rollup.KEEP_SECONDS) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+                 keep_seconds: float = rollup.KEEP_SECONDS, password: str | None = None) -> None:
+        if isinstance(path, pg.PgTarget):
+            path, password = path.url, path.password
+        self.url = str(path) if pg.is_url(path) else None
+        self.password = password
+        if self.url is None:
+            self.path: Path | None = Path(path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.where = str(self.path)
+            self.dialect = dialect.SQLITE
+            self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        else:
+            if pg.has_password(self.url):
+                raise ValueError(f"ledger URL {pg.redact(self.url)} holds a password: give it in"
+                                 f" {pg.PASSWORD_ENV} or ledger.password_file instead")
+            self.path = None
+            self.where = self.url
+            self.dialect = dialect.POSTGRES
+            self.errors = (pg.Error,)
+        self._idle: list[Any] = []  # PostgreSQL reader connections kept for reuse
+        # PostgreSQL: since when (monotonic) the writer has had no connection; None while it has one.
+        self.unavailable_since: float | None = None
         self.policy = policy or book.Policy()
         self._queue: queue.Queue[tuple[Op | None, asyncio.Future[Any] | None, asyncio.AbstractEventLoop | None]] = (
             queue.Queue()
         )
-        self._max_batch = max_batch
+        # PostgreSQL: a batch's cost per share grows past a few hundred shares (its one prefetch query and
+        # pipeline grow with it), while a few hundred already spread the commit's round trips thin.
+        self._max_batch = max_batch if self.url is None else min(max_batch, PG_MAX_BATCH)
         self._max_wait = max_wait
         conn = self._connect()
         try:
-            conn.executescript(book.SCHEMA)
-            conn.executescript(best.SCHEMA)
-            book.migrate(conn)
+            self.schema_version = schema.prepare(conn, self.where)  # book.SCHEMA and best.SCHEMA, versioned
         finally:
             conn.close()
         self._stopped = False
@@ -109,7 +146,22 @@ class Ledger:
             self._rollup_thread = threading.Thread(target=self._rollup_loop, name="ledger-rollup", daemon=True)
             self._rollup_thread.start()
 
-    def _connect(self) -> sqlite3.Connection:
+    @property
+    def is_pg(self) -> bool:
+        return self.url is not None
+
+    @property
+    def target(self) -> pg.LedgerSource:
+        """What ``reports`` and the CLI open to read this ledger."""
+        return pg.PgTarget(self.url, self.password) if self.url is not None else self.where
+
+    def connect(self) -> Any:
+        """A new connection of this ledger's own (tests, tools); the caller closes it."""
+        return self._connect()
+
+    def _connect(self) -> Any:
+        if self.url is not None:
+            return pg.connect(self.url, self.password, application_name="pool-ledger")
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -121,8 +173,11 @@ class Ledger:
         policy = self.policy
         if s.network_difficulty > 0:
             self.network_difficulty = s.network_difficulty
-        return self.submit(lambda c: book.insert_share(c, policy, s, s.network_difficulty, s.subsidy,
-                                                       s.expected_fees))
+        def op(c: Any) -> int:
+            return book.insert_share(c, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
+
+        op.share_keys = ((s.address, s.worker),)  # type: ignore[attr-defined]  # for window.prefetch
+        return self.submit(op)
 
     def record_shares(self, shares: list[ShareRecord]) -> asyncio.Future[Any]:
         """Several shares as one operation of the next commit: one savepoint and one answer for all of them
@@ -132,10 +187,11 @@ class Ledger:
             if s.network_difficulty > 0:
                 self.network_difficulty = s.network_difficulty
 
-        def insert_all(c: sqlite3.Connection) -> None:
+        def insert_all(c: Any) -> None:
             for s in shares:
                 book.insert_share(c, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
 
+        insert_all.share_keys = [(s.address, s.worker) for s in shares]  # type: ignore[attr-defined]
         return self.submit(insert_all)
 
     def record_block(self, b: BlockRecord) -> asyncio.Future[Any]:
@@ -165,23 +221,66 @@ class Ledger:
 
     def run_sync(self, op: Op) -> Any:
         """Run ``op`` in its own immediate transaction from a non-loop thread (CLI, payments, tests)."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        for attempt in (1, 2):
+            try:
+                return self._run_sync_once(op)
+            except _StaleConnection:
+                if attempt == 2:
+                    raise LedgerUnavailable(f"ledger database {self.where} unreachable") from None
+        raise AssertionError("unreachable")
+
+    def _run_sync_once(self, op: Op) -> Any:
+        with self._reading() as conn:
+            self._begin(conn)
             try:
                 result = op(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(*self.errors):
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
             return result
+
+    def _begin(self, conn: Any) -> None:
+        """BEGIN IMMEDIATE; a kept PostgreSQL connection found dead here (the server restarted while it was
+        idle) is ``_StaleConnection``: nothing ran yet, so the caller may simply try again on a new one."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except pg.Error as exc:
+            if self.url is not None and pg.connection_lost(exc):
+                raise _StaleConnection() from exc
+            raise
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A connection for one read or ``run_sync``: new each time on SQLite (cheap), reused on PostgreSQL."""
+        if self.url is None:
+            conn = self._connect()
+            try:
+                yield conn
+            finally:
+                conn.close()
+            return
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self._connect()
+        healthy = False
+        try:
+            yield conn
+            healthy = True
         finally:
-            conn.close()
+            if healthy and not conn.broken and not conn.in_transaction and not self._stopped \
+                    and len(self._idle) < IDLE_READERS:
+                self._idle.append(conn)
+            else:
+                conn.close()
 
     def _writer(self) -> None:
         in_hand: list[Any] = []  # entries taken off the queue and not answered yet
         try:
-            conn = self._connect()
+            conn = self._connect() if self.url is None else self._reconnect(first=True)
+            next_connect = 0.0
             while True:
                 first = self._queue.get()
                 if first[0] is None:
@@ -199,7 +298,27 @@ class Ledger:
                         break
                     batch.append(entry)
                 start = time.monotonic()
-                results = self._commit(conn, batch)
+                if conn is None and time.monotonic() >= next_connect:  # PostgreSQL: the connection was lost
+                    conn = self._reconnect()
+                    if conn is None:  # down: refuse at once for a moment instead of a connect per batch
+                        next_connect = time.monotonic() + RECONNECT_INTERVAL
+                if conn is None:
+                    results: list[tuple[Any, BaseException | None]] = [
+                        (None, LedgerUnavailable(f"ledger database {self.where} unreachable")) for _ in batch]
+                else:
+                    try:
+                        results = self._commit(conn, batch)
+                    except _StaleConnection:  # lost while idle: nothing of the batch ran; once more, anew
+                        conn.close()
+                        conn = self._reconnect()
+                        results = (self._commit_or_fail(conn, batch) if conn is not None else
+                                   [(None, LedgerUnavailable(f"ledger database {self.where} unreachable"))
+                                    for _ in batch])
+                    if conn is not None and self.url is not None and conn.broken:
+                        log.error("ledger_connection_lost", database=self.where, failed_writes=len(batch))
+                        conn.close()
+                        conn = None
+                        self.unavailable_since = self.unavailable_since or time.monotonic()
                 try:
                     if self.on_commit is not None:
                         self.on_commit(len(batch), time.monotonic() - start)
@@ -210,9 +329,21 @@ class Ledger:
                         if future is not None and loop is not None and not loop.is_closed():
                             loop.call_soon_threadsafe(_resolve, future, value, error)
                     in_hand = []
-            conn.close()
+            if conn is not None:
+                conn.close()
         except BaseException as exc:  # the thread is dying: nobody may wait on it forever
             self._die(exc, in_hand)
+
+    def _reconnect(self, first: bool = False) -> Any:
+        try:
+            conn = self._connect()
+        except pg.Error:
+            self.unavailable_since = self.unavailable_since or time.monotonic()
+            return None
+        self.unavailable_since = None
+        if not first:
+            log.warning("ledger_connection_restored", database=self.where)
+        return conn
 
     def _die(self, exc: BaseException, in_hand: list[Any]) -> None:
         """Fail every write in hand, queued or still to come, so each share is answered (error 20, not true)."""
@@ -235,13 +366,64 @@ class Ledger:
             if future is not None and loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(_resolve, future, None, failed)
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
-        """One transaction for the batch; an op that fails is rolled back to its savepoint alone."""
+    def _commit(self, conn: Any, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
+        """One transaction for the batch; an op that fails is undone alone. If the database itself fails (or
+        the connection is lost, even at COMMIT), every op of the batch fails.
+
+        Both run the ops without savepoints first (on SQLite a savepoint and its release are two of the four
+        statements an accepted share costs the writer). PostgreSQL: every round trip counts, so the shares'
+        totals and ids are read once for the batch (``window.prefetch``) and the ops run in pipeline mode (a
+        share's insert waits for no answer). If anything fails, the transaction is rolled back and the batch
+        runs again one op at a time with savepoints, where the failing op fails alone (ops only touch the
+        database: the rolled-back run left nothing behind)."""
+        if self.url is None:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                results = [(op(conn), None) for op, _, _ in batch]
+                conn.execute("COMMIT")
+                return results
+            except Exception:  # noqa: BLE001 - the careful run below gives each op its own outcome
+                with contextlib.suppress(*self.errors):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                return self._commit_each(conn, batch, {})
+        self._begin(conn)
+        try:
+            keys = [key for op, _, _ in batch for key in getattr(op, "share_keys", ())]
+            if len(keys) > 1:  # one round trip for every share's previous totals and id, not one per share
+                conn.totals = window.prefetch(conn, keys)
+            results: list[tuple[Any, BaseException | None]] = []
+            with conn.pipelined():
+                for op, _, _ in batch:
+                    results.append((op(conn), None))
+            conn.execute("COMMIT")
+            return results
+        except Exception as exc:
+            if pg.connection_lost(exc) or conn.broken:
+                return self._failed(conn, batch, exc)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except self.errors as lost:
+                return self._failed(conn, batch, lost)
+            return self._commit_each(conn, batch, {})
+
+    def _commit_or_fail(self, conn: Any, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
+        try:
+            return self._commit(conn, batch)
+        except _StaleConnection as exc:
+            return [(None, LedgerUnavailable(f"ledger database {self.where} unreachable: {exc.__cause__}"))
+                    for _ in batch]
+
+    def _commit_each(self, conn: Any, batch: list[Any], skip: dict[int, BaseException]
+                     ) -> list[tuple[Any, BaseException | None]]:
         results: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _, _ in batch:
+            for i, (op, _, _) in enumerate(batch):
+                if i in skip:
+                    results.append((None, skip[i]))
+                    continue
                 conn.execute("SAVEPOINT op")
                 try:
                     results.append((op(conn), None))
@@ -251,11 +433,15 @@ class Ledger:
                     conn.execute("RELEASE op")
                     results.append((None, exc))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except self.errors as exc:
+            return self._failed(conn, batch, exc)
+        return results
+
+    def _failed(self, conn: Any, batch: list[Any], exc: BaseException) -> list[tuple[Any, BaseException | None]]:
+        with contextlib.suppress(*self.errors):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results = [(None, exc) for _ in batch]
-        return results
+        return [(None, exc) for _ in batch]
 
     # ---- roll-up of old share rows ------------------------------------------------------------------------
 
@@ -265,12 +451,9 @@ class Ledger:
         """Roll up and delete the share rows no window needs any more, ``batch`` rows per short transaction on
         a connection of its own (call from a thread, not the event loop). Returns the rows removed."""
         nd = self.network_difficulty if network_difficulty is None else network_difficulty
-        conn = self._connect()
-        try:
+        with self._reading() as conn:
             return rollup.prune(conn, self.policy.scheme, self.policy.pplns_factor, nd, self.keep_seconds, batch,
                                 max_batches, now, stop=stop)
-        finally:
-            conn.close()
 
     def _rollup_loop(self) -> None:
         while not self._stop_rollup.wait(self._rollup_interval):
@@ -286,40 +469,31 @@ class Ledger:
 
     def share_totals(self, address: str | None = None) -> list[tuple[Any, ...]]:
         """Shares and difficulty per worker over rolled-up totals and remaining rows (reports, API)."""
-        conn = self._connect()
-        try:
-            return rollup.share_totals(conn, address)
-        finally:
-            conn.close()
+        return self.read(lambda conn: rollup.share_totals(conn, address))
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = self._connect()
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+        return self.read(lambda conn: conn.execute(sql, params).fetchall())
 
     def best_shares(self) -> tuple[list[best.Row], int]:
         """Every worker's best-share records and the current round number (at start)."""
-        conn = self._connect()
-        try:
-            return best.load(conn)
-        finally:
-            conn.close()
+        return self.read(best.load)
 
     def best_for_address(self, address: str) -> list[dict[str, Any]]:
-        conn = self._connect()
-        try:
-            return best.for_address(conn, address)
-        finally:
-            conn.close()
+        return self.read(lambda conn: best.for_address(conn, address))
 
     def audit_entries(self) -> list[AuditEntry]:
-        conn = self._connect()
-        try:
-            return book.read_audit(conn)
-        finally:
-            conn.close()
+        return self.read(book.read_audit)
+
+    def read(self, op: Op) -> Any:
+        """Run a read-only ``op``; on PostgreSQL once more on a fresh connection if a kept one was lost."""
+        for attempt in (1, 2):
+            try:
+                with self._reading() as conn:
+                    return op(conn)
+            except pg.Error as exc:
+                if attempt == 2 or not pg.connection_lost(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if not self._stopped:
@@ -329,6 +503,8 @@ class Ledger:
                 self._rollup_thread.join(timeout=30)
             self._queue.put((None, None, None))
             self._thread.join(timeout=30)
+            while self._idle:
+                self._idle.pop().close()
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

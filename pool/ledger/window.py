@@ -23,11 +23,12 @@ and every difference of totals inside it is the sum of the retained rows between
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import Any
 
 from pool.ledger.accounting import Split, pplns_split_weighted
+from pool.ledger.dialect import Conn
 
 Exact = tuple[int, int]  # (n, k): the value n / 2**k, n >= 0
 ZERO: Exact = (0, 0)
@@ -65,9 +66,15 @@ def add(a: Exact, b: Exact) -> Exact:
     return (na << (k - ka)) + (nb << (k - kb)), k
 
 
-def next_totals(conn: sqlite3.Connection, address: str, worker: str, difficulty: float) -> tuple[bytes, bytes]:
+def next_totals(conn: Conn, address: str, worker: str, difficulty: float) -> tuple[bytes, bytes]:
     """(cum, wcum) for a share about to be inserted as the newest row."""
     w = weight_of(difficulty)
+    cache = getattr(conn, "totals", None)  # PostgreSQL: prefetched for the batch (``prefetch``)
+    if cache is not None and (address, worker) in cache[1]:
+        cum_v, wcum_v = add(cache[0], w), add(cache[1][(address, worker)], w)
+        cache[0] = cum_v
+        cache[1][(address, worker)] = wcum_v
+        return encode(cum_v), encode(wcum_v)
     # One statement for both (the hot path: every accepted share passes here).
     row = conn.execute("SELECT (SELECT cum FROM shares ORDER BY id DESC LIMIT 1),"
                        " (SELECT wcum FROM shares WHERE address=? AND worker=? ORDER BY id DESC LIMIT 1),"
@@ -76,11 +83,36 @@ def next_totals(conn: sqlite3.Connection, address: str, worker: str, difficulty:
     if any_row is not None and cum is None:  # rows written without totals (by hand): fill them in first
         backfill(conn)
         return next_totals(conn, address, worker, difficulty)
-    return (encode(add(decode(cum), w)) if cum is not None else encode(w),
-            encode(add(decode(wcum), w)) if wcum is not None else encode(w))
+    cum_v = add(decode(cum), w) if cum is not None else w
+    wcum_v = add(decode(wcum), w) if wcum is not None else w
+    if cache is not None:  # a share not prefetched: the cache must still follow the newest row
+        cache[0] = cum_v
+        cache[1][(address, worker)] = wcum_v
+    return encode(cum_v), encode(wcum_v)
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def prefetch(conn: Any, keys: list[tuple[str, str]]) -> list[Any] | None:
+    """PostgreSQL: the newest pool-wide total and each (address, worker)'s newest own total, and an id for each
+    share, in one round trip, for the shares of a batch about to be inserted; ``next_totals`` then continues the
+    totals in memory and ``book.insert_share`` needs no answer from the server (the inserts are pipelined). Valid only inside the writer's transaction (which holds the write lock, so no other
+    node inserts meanwhile): ``pg.PgConnection`` drops it at every BEGIN, COMMIT and ROLLBACK. None when the
+    newest row has no totals (``next_totals`` fills them in first)."""
+    distinct = list(dict.fromkeys(keys))
+    values = ", ".join("(?, ?)" for _ in distinct)
+    rows = conn.execute(
+        "SELECT k.a, k.w, (SELECT wcum FROM shares WHERE address = k.a AND worker = k.w ORDER BY id DESC LIMIT 1),"
+        " (SELECT cum FROM shares ORDER BY id DESC LIMIT 1), (SELECT 1 FROM shares LIMIT 1),"
+        " (SELECT array_agg(nextval(pg_get_serial_sequence('shares', 'id'))) FROM generate_series(1, ?))"
+        f" FROM (VALUES {values}) AS k(a, w)", [len(keys), *(v for key in distinct for v in key)]).fetchall()
+    # Ids for the batch's shares, drawn now (under the write lock: above every id so far); taken in order.
+    conn.share_ids = sorted(rows[0][5], reverse=True) if rows and rows[0][5] else []
+    if not rows or (rows[0][4] is not None and rows[0][3] is None):
+        return None
+    cum = decode(rows[0][3]) if rows[0][3] is not None else ZERO
+    return [cum, {(a, w): decode(wcum) if wcum is not None else ZERO for a, w, wcum, _, _, _ in rows}]
+
+
+def migrate(conn: Conn) -> None:
     """Bring a ledger written by an older version up to date: add the running-total columns and fill them."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(shares)")}
     for name in ("cum", "wcum"):
@@ -89,7 +121,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     backfill(conn)
 
 
-def backfill(conn: sqlite3.Connection, chunk: int = BACKFILL_CHUNK) -> int:
+def backfill(conn: Conn, chunk: int = BACKFILL_CHUNK) -> int:
     """Compute the totals of rows that lack them, oldest first, one chunk per transaction when not already in
     one (resumable: each chunk continues from the rows before it). Returns the number of rows filled."""
     filled = 0
@@ -124,7 +156,7 @@ def backfill(conn: sqlite3.Connection, chunk: int = BACKFILL_CHUNK) -> int:
             conn.execute("COMMIT")
 
 
-def first_in_window(conn: sqlite3.Connection, last_id: int, window: Fraction) -> int | None:
+def first_in_window(conn: Conn, last_id: int, window: Fraction) -> int | None:
     """Id of the oldest share (id <= ``last_id``) the window of ``window`` difficulty reaches; None if empty.
 
     Share i is in the window iff the shares newer than it (up to ``last_id``) sum to less than N, i.e.
@@ -147,7 +179,7 @@ def first_in_window(conn: sqlite3.Connection, last_id: int, window: Fraction) ->
     return int(conn.execute("SELECT id FROM shares WHERE id>=? ORDER BY id LIMIT 1", (lo,)).fetchone()[0])
 
 
-def pplns_weights(conn: sqlite3.Connection, last_id: int, window: Fraction, direct_limit: int = DIRECT_LIMIT
+def pplns_weights(conn: Conn, last_id: int, window: Fraction, direct_limit: int = DIRECT_LIMIT
                   ) -> tuple[list[tuple[tuple[str, str], Fraction]], int | None, int | None]:
     """Per-worker weights of the window ending at ``last_id``, and its oldest and newest share ids."""
     first = first_in_window(conn, last_id, window)
@@ -196,7 +228,7 @@ def pplns_weights(conn: sqlite3.Connection, last_id: int, window: Fraction, dire
     return sorted(weights.items()), oldest_id, newest
 
 
-def _workers(conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
+def _workers(conn: Conn) -> Iterator[tuple[str, str]]:
     """Every distinct (address, worker) in the shares table, by hops along the (address, worker) index:
     O(workers × log shares), never a scan of the rows."""
     row = conn.execute("SELECT address, worker FROM shares ORDER BY address, worker LIMIT 1").fetchone()
@@ -209,7 +241,7 @@ def _workers(conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
                                " LIMIT 1", (row[0],)).fetchone())
 
 
-def pplns_split_from_totals(conn: sqlite3.Connection, reward: int, fee_bp: int, last_id: int | None,
+def pplns_split_from_totals(conn: Conn, reward: int, fee_bp: int, last_id: int | None,
                             network_difficulty: float, factor: float, direct_limit: int = DIRECT_LIMIT) -> Split:
     """The PPLNS split of the window ending at ``last_id``: equal to ``accounting.pplns_split`` over the
     shares up to ``last_id`` newest first."""

@@ -133,6 +133,10 @@ class Metrics:
             "pool_templates_total", "Templates adopted: full (getblocktemplate) or empty (coinbase-only, new tip)",
             ["kind"], registry=r)
         self.bitcoind_up = Gauge("pool_bitcoind_up", "1 when bitcoind answers and gives templates", registry=r)
+        self.ledger_up = Gauge("pool_ledger_up", "1 while the ledger writer has its database (0: PostgreSQL"
+                               " unreachable, shares answered 'not recorded')", registry=r)
+        self.ledger_leader = Gauge("pool_ledger_leader", "1 while this process holds the ledger's leader lock and"
+                                   " runs maturity and payments", registry=r)
         # One series per configured bitcoind ([[node]] names): bounded by the config.
         self.node_up = Gauge("pool_node_up", "1 when this bitcoind answered its last health probe on the right chain",
                              ["node"], registry=r)

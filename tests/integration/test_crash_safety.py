@@ -1,5 +1,6 @@
-"""Crash safety of the ledger and the payments: ``kill -9`` during a share flood loses no acknowledged share,
-and a crash right after ``sendmany`` never pays anyone twice."""
+"""Crash safety of the ledger and the payments, on both ledger backends (SQLite and PostgreSQL): ``kill -9``
+during a share flood loses no acknowledged share, and a crash right after ``sendmany`` never pays anyone
+twice."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +17,7 @@ import pytest
 
 from pool.app import PoolApp
 from pool.ledger import book
+from pool.ledger.pg import open_reader
 from pool.node.payouts import COMMENT_PREFIX, InjectedCrash, PaymentProcessor
 from pool.node.regtest import free_port
 from tests.conftest import pool_config
@@ -32,10 +33,11 @@ SHARE_DIFF = 1e-11
 # ---- kill -9 during a share flood ------------------------------------------------------------------------------
 
 
-def write_config(path: Path, node, data_dir: Path, port: int, pool_address: str) -> None:
+def write_config(path: Path, node, data_dir: Path, port: int, pool_address: str, ledger_url: str = "") -> None:
+    ledger = f'[ledger]\nurl = "{ledger_url}"\n' if ledger_url else ""
     path.write_text(f"""
 data_dir = "{data_dir}"
-
+{ledger}
 [node]
 rpc_url = "{node.rpc_url}"
 rpc_user = "{node.user}"
@@ -105,16 +107,16 @@ async def stop_process(proc: asyncio.subprocess.Process, sig: int) -> int | None
     return proc.returncode
 
 
-async def test_kill9_during_share_flood_loses_no_acknowledged_share(fresh_regtest, tmp_path: Path):
+async def test_kill9_during_share_flood_loses_no_acknowledged_share(fresh_regtest, tmp_path: Path, ledger_target):
     node = fresh_regtest
     pool_address = node.rpc("getnewaddress", wallet="pool")
     miner_address = node.rpc("getnewaddress", wallet="pool")
     port = free_port()
     config = tmp_path / "pool.toml"
     data_dir = tmp_path / "data"
-    write_config(config, node, data_dir, port, pool_address)
+    ledger_file = ledger_target() if ledger_target.is_pg else data_dir / "ledger.sqlite3"
+    write_config(config, node, data_dir, port, pool_address, str(ledger_file) if ledger_target.is_pg else "")
     log = tmp_path / "pool.log"
-    ledger_file = data_dir / "ledger.sqlite3"
 
     proc = await start_pool(config, log)
     miners = []
@@ -171,7 +173,7 @@ async def test_kill9_during_share_flood_loses_no_acknowledged_share(fresh_regtes
         assert proc.returncode == -signal.SIGKILL
         assert acked_before_kill > 200, f"flood too slow to mean anything: {acked_before_kill} acks"
 
-        conn = sqlite3.connect(ledger_file)
+        conn = open_reader(ledger_file)
         try:
             rows = conn.execute("SELECT block_hash, worker, job_id FROM shares").fetchall()
             blocks = {r[0] for r in conn.execute("SELECT block_hash FROM blocks")}
@@ -200,7 +202,7 @@ async def test_kill9_during_share_flood_loses_no_acknowledged_share(fresh_regtes
         m = await connect_miner(port, f"{miner_address}.after", f"d={SHARE_DIFF}")
         miners.append(m)
         share = await mine_share(m, node)
-        conn = sqlite3.connect(ledger_file)
+        conn = open_reader(ledger_file)
         try:
             assert conn.execute("SELECT COUNT(*) FROM shares").fetchone()[0] == len(rows) + 1
             assert conn.execute("SELECT worker FROM shares WHERE block_hash=?", (share,)).fetchone() == ("after",)
@@ -243,22 +245,26 @@ async def _received(node, addresses: list[str]) -> dict[str, int]:
     return {a: btc_to_sats(await arpc(node, "getreceivedbyaddress", a, 0, wallet="payees")) for a in addresses}
 
 
-async def _payout_txs(node) -> list[dict]:
+async def _payout_txs(node, earlier: frozenset[str] = frozenset()) -> list[dict]:
+    """The wallet's payout sends, less those of ``earlier`` txids (the module's node serves both backends)."""
     txs = await arpc(node, "listtransactions", "*", 10_000, 0, True, wallet="pool")
-    return [t for t in txs if t.get("category") == "send" and str(t.get("comment", "")).startswith(COMMENT_PREFIX)]
+    return [t for t in txs if t.get("category") == "send" and str(t.get("comment", "")).startswith(COMMENT_PREFIX)
+            and t.get("txid") not in earlier]
 
 
 def _balances(app: PoolApp) -> dict[str, int]:
     return {a: v for a, v in app.ledger.run_sync(book.balances).items() if v}
 
 
-async def test_crash_after_sendmany_never_pays_twice(regtest, tmp_path: Path):
+async def test_crash_after_sendmany_never_pays_twice(regtest, tmp_path: Path, ledger_target):
     node = regtest
     if "payees" not in node.rpc("listwallets"):
         node.rpc("createwallet", "payees")
     addresses = [await arpc(node, "getnewaddress", wallet="payees") for _ in range(2)]
     sink = await arpc(node, "getnewaddress", wallet="pool")
-    app = PoolApp(pool_config(node, tmp_path / "pool", **payment_overrides()))
+    earlier = frozenset(t["txid"] for t in await _payout_txs(node))
+    ledger = {"url": str(ledger_target())} if ledger_target.is_pg else {}
+    app = PoolApp(pool_config(node, tmp_path / "pool", ledger=ledger, **payment_overrides()))
     await app.start()
     miners = []
     try:
@@ -276,7 +282,7 @@ async def test_crash_after_sendmany_never_pays_twice(regtest, tmp_path: Path):
         rows = app.ledger.query("SELECT address, amount, status, txid FROM payments WHERE batch=?", (batch,))
         assert {a: v for a, v, _, _ in rows} == owed and {(s, t) for *_, s, t in rows} == {("sending", None)}
         assert _balances(app) == {}  # 'sending' already counts as paid
-        txs = await _payout_txs(node)
+        txs = await _payout_txs(node, earlier)
         assert {t["comment"] for t in txs} == {COMMENT_PREFIX + batch}
         txid = txs[0]["txid"]
 
@@ -288,7 +294,7 @@ async def test_crash_after_sendmany_never_pays_twice(regtest, tmp_path: Path):
         assert await fresh.pay_once() is None  # nothing more is due
         await arpc(node, "generatetoaddress", 1, sink)
         assert await _received(node, addresses) == owed
-        assert len(await _payout_txs(node)) == len(owed)  # one tx: a 'send' entry per payee
+        assert len(await _payout_txs(node, earlier)) == len(owed)  # one tx: a 'send' entry per payee
 
         # Round 2: crash again; this time the same processor, no longer crashing, settles it inside pay_once.
         await _mine_and_mature(app, node, miners, sink)
@@ -304,7 +310,7 @@ async def test_crash_after_sendmany_never_pays_twice(regtest, tmp_path: Path):
         await arpc(node, "generatetoaddress", 1, sink)
         got = await _received(node, addresses)
         assert got == {a: owed[a] + owed2[a] for a in addresses}
-        assert len({t["txid"] for t in await _payout_txs(node)}) == 2
+        assert len({t["txid"] for t in await _payout_txs(node, earlier)}) == 2
         assert _balances(app) == {}
 
         # A crash *before* sendmany (rows 'sending', nothing in the wallet): after the grace period the batch
@@ -322,7 +328,7 @@ async def test_crash_after_sendmany_never_pays_twice(regtest, tmp_path: Path):
         got3 = await _received(node, addresses)
         assert got3 == {a: got[a] + owed3[a] for a in addresses}
         assert await impatient.pay_once() is None
-        res = subprocess.run([sys.executable, "-m", "pool", "audit", "verify", "--ledger", str(app.ledger.path)],
+        res = subprocess.run([sys.executable, "-m", "pool", "audit", "verify", "--ledger", str(app.ledger.url or app.ledger.path)],
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert res.returncode == 0, res.stdout + res.stderr
     finally:

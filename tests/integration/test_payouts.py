@@ -3,7 +3,7 @@ blocks found through the pool, maturity, one sendmany, and every address receivi
 credited; plus a block orphaned by invalidateblock and brought back by reconsiderblock.
 
 The maturity tracker and the payment processor are driven by hand (``check_once`` / ``pay_once``), their own
-loops being configured with hour-long intervals.
+loops being configured with hour-long intervals. Every test runs on both ledger backends (SQLite, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -57,6 +57,11 @@ def payout_overrides(**payout: object) -> dict:
     }
 
 
+def ledger_section(targets) -> dict:  # noqa: ANN001
+    """``[ledger]`` of the test's backend: a new PostgreSQL database, or the default SQLite file."""
+    return {"url": str(targets())} if targets.is_pg else {}
+
+
 def ensure_wallet(node, name: str) -> None:
     if name not in node.rpc("listwallets"):
         node.rpc("createwallet", name)
@@ -67,16 +72,17 @@ async def payable_by_address(app: PoolApp) -> dict[str, int]:
     return {a: int(v) for a, v in rows}
 
 
-def audit_verify_cli(ledger_path: Path) -> subprocess.CompletedProcess[str]:
+def audit_verify_cli(ledger_path: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pool", "audit", "verify", "--ledger", str(ledger_path)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
-async def test_pplns_payouts_reach_each_address_exactly(regtest, tmp_path: Path):
+async def test_pplns_payouts_reach_each_address_exactly(regtest, tmp_path: Path, ledger_target):
     ensure_wallet(regtest, "miners")
     addr = {k: await arpc(regtest, "getnewaddress", wallet="miners") for k in "ABC"}
     sink = await arpc(regtest, "getnewaddress", wallet="pool")
-    app = PoolApp(pool_config(regtest, tmp_path / "pool", **payout_overrides()))
+    app = PoolApp(pool_config(regtest, tmp_path / "pool", ledger=ledger_section(ledger_target),
+                              **payout_overrides()))
     await app.start()
     miners = {}
     try:
@@ -115,7 +121,7 @@ async def test_pplns_payouts_reach_each_address_exactly(regtest, tmp_path: Path)
         assert set(ledger_blocks.values()) == {"pending"}
 
         # Independent recomputation of every block's split from the shares table.
-        splits = recompute_pplns(app.ledger.path, FEE_BP, FACTOR)
+        splits = recompute_pplns(app.ledger.target, FEE_BP, FACTOR)
         for h in block_hashes:
             fee, credits = splits[h]
             got = app.ledger.query("SELECT address, worker, amount, status FROM credits WHERE block_hash=?", (h,))
@@ -160,9 +166,9 @@ async def test_pplns_payouts_reach_each_address_exactly(regtest, tmp_path: Path)
         assert await app.payments.pay_once() is None
         assert app.ledger.query("SELECT COUNT(DISTINCT batch) FROM payments") == [(1,)]
 
-        res = audit_verify_cli(app.ledger.path)
+        res = audit_verify_cli(app.ledger.url or app.ledger.path)
         assert res.returncode == 0, res.stdout + res.stderr
-        report = subprocess.run([sys.executable, "-m", "pool", "payouts", "--ledger", str(app.ledger.path), "--json"],
+        report = subprocess.run([sys.executable, "-m", "pool", "payouts", "--ledger", str(app.ledger.url or app.ledger.path), "--json"],
                                 capture_output=True, text=True, timeout=60, cwd=ROOT)
         by_address = {r["address"]: r for r in json.loads(report.stdout)}
         for a, v in expected.items():
@@ -175,12 +181,13 @@ async def test_pplns_payouts_reach_each_address_exactly(regtest, tmp_path: Path)
         await app.stop()
 
 
-async def test_orphaned_block_credits_void_then_back(regtest, tmp_path: Path):
+async def test_orphaned_block_credits_void_then_back(regtest, tmp_path: Path, ledger_target):
     ensure_wallet(regtest, "miners")
     a = await arpc(regtest, "getnewaddress", wallet="miners")
     b = await arpc(regtest, "getnewaddress", wallet="miners")
     sink = await arpc(regtest, "getnewaddress", wallet="pool")
-    app = PoolApp(pool_config(regtest, tmp_path / "pool", **payout_overrides()))
+    app = PoolApp(pool_config(regtest, tmp_path / "pool", ledger=ledger_section(ledger_target),
+                              **payout_overrides()))
     await app.start()
     miners = []
     try:
@@ -231,7 +238,7 @@ async def test_orphaned_block_credits_void_then_back(regtest, tmp_path: Path):
         kinds = [(e.kind, json.loads(e.payload).get("to")) for e in app.ledger.audit_entries()]
         assert kinds == [("block_found", None), ("block_status", "orphaned"), ("block_status", "pending"),
                          ("block_status", "confirmed"), ("block_status", "orphaned"), ("block_status", "confirmed")]
-        res = audit_verify_cli(app.ledger.path)
+        res = audit_verify_cli(app.ledger.url or app.ledger.path)
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         for m in miners:
@@ -239,7 +246,7 @@ async def test_orphaned_block_credits_void_then_back(regtest, tmp_path: Path):
         await app.stop()
 
 
-async def test_block_reward_and_window_difficulty_match_the_chain(regtest, tmp_path: Path):
+async def test_block_reward_and_window_difficulty_match_the_chain(regtest, tmp_path: Path, ledger_target):
     """With fee-paying transactions in the mempool, the ledger records the coinbase's full value (subsidy +
     fees) as bitcoind has it, and the PPLNS window uses the network difficulty of the block's own bits: the
     credits recomputed from bitcoind's numbers equal the ledger's. (Recording the subsidy alone, or another
@@ -257,7 +264,7 @@ async def test_block_reward_and_window_difficulty_match_the_chain(regtest, tmp_p
     share_diff = 1e-10  # window 2 × ~4.66e-10: about 9.3 of these shares, so its edge cuts a share
     overrides = payout_overrides()
     overrides["difficulty"] = {"start": share_diff, "min": 1e-12, "max": 1e6}
-    app = PoolApp(pool_config(regtest, tmp_path / "pool", **overrides))
+    app = PoolApp(pool_config(regtest, tmp_path / "pool", ledger=ledger_section(ledger_target), **overrides))
     await app.start()
     miners = []
     try:
@@ -278,7 +285,7 @@ async def test_block_reward_and_window_difficulty_match_the_chain(regtest, tmp_p
         assert subsidy == coinbase_value - fees
         assert ledger_difficulty == difficulty
 
-        fee, credits = recompute_pplns(app.ledger.path, FEE_BP, FACTOR, chain={h: (coinbase_value, difficulty)})[h]
+        fee, credits = recompute_pplns(app.ledger.target, FEE_BP, FACTOR, chain={h: (coinbase_value, difficulty)})[h]
         got = app.ledger.query("SELECT address, worker, amount FROM credits WHERE block_hash=?", (h,))
         assert {(ad, w): v for ad, w, v in got} == credits
         assert app.ledger.query("SELECT fee FROM blocks WHERE block_hash=?", (h,)) == [(fee,)]
@@ -286,7 +293,7 @@ async def test_block_reward_and_window_difficulty_match_the_chain(regtest, tmp_p
         found = json.loads(app.ledger.audit_entries()[-1].payload)
         assert found["window_difficulty"] == str(Fraction(FACTOR) * Fraction(difficulty))
         assert found["first_share_id"] > 1
-        res = audit_verify_cli(app.ledger.path)
+        res = audit_verify_cli(app.ledger.url or app.ledger.path)
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         for m in miners:

@@ -9,12 +9,11 @@ share that found it), so the ledger's own ``last_share_id`` is not trusted.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from decimal import Decimal
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
+from pool.ledger.pg import open_reader
 from tests.support.chain import (
     DIFF1,
     arpc,
@@ -29,13 +28,13 @@ from tests.support.chain import (
 from tests.support.miner import NotifyJob, TestMiner
 
 
-def recompute_pplns(path: Path, fee_bp: int, factor: float,
+def recompute_pplns(path: Any, fee_bp: int, factor: float,
                     chain: dict[str, tuple[int, float]] | None = None) -> dict[str, tuple[int, dict[tuple[str, str], int]]]:
     """{block_hash: (fee, {(address, worker): credit})} for every PPLNS block in the ledger.
 
     ``chain`` ({block_hash: (reward, network difficulty)} as read from bitcoind) replaces the ledger's own
     reward and network difficulty, so a wrong value recorded by the pool cannot cancel out."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = open_reader(path)
     try:
         shares = conn.execute("SELECT id, address, worker, difficulty, block_hash FROM shares ORDER BY id").fetchall()
         blocks = conn.execute(

@@ -1,4 +1,5 @@
-"""The hash-chained audit log: append-only in SQLite, verification finds the first bad entry, CLI verify/export."""
+"""The hash-chained audit log on both ledger backends: append-only (SQLite and PostgreSQL triggers), verification
+finds the first bad entry, CLI verify/export."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pool import reports
-from pool.ledger import book
+from pool.ledger import book, pg
 from pool.ledger.book import GENESIS, AuditEntry, Policy, canonical, entry_hash, verify
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
 
@@ -33,9 +34,9 @@ def _share(address: str, h: str, is_block: bool = False) -> ShareRecord:
 
 
 @pytest.fixture
-async def populated(tmp_path: Path):
-    """A closed ledger file holding a dozen audit entries of every kind."""
-    ledger = Ledger(tmp_path / "ledger.sqlite3", Policy("pplns", 100, 2.0))
+async def populated(ledger_target):
+    """A closed ledger (SQLite file or PostgreSQL database) holding a dozen audit entries of every kind."""
+    ledger = Ledger(ledger_target(), Policy("pplns", 100, 2.0))
     try:
         n = 0
         for i in range(3):
@@ -52,24 +53,30 @@ async def populated(tmp_path: Path):
         await ledger.set_block_status(h, "orphaned", -1)
     finally:
         ledger.close()
-    return ledger.path
+    return ledger.url or ledger.path
 
 
-def _copy(src: Path, dst: Path) -> Path:
-    s, d = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        s.backup(d)
-    finally:
-        s.close()
-        d.close()
-    return dst
+@pytest.fixture
+def copy_ledger(ledger_target):
+    return ledger_target.copy
 
 
-def _unlocked(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("DROP TRIGGER audit_no_update")
-    conn.execute("DROP TRIGGER audit_no_delete")
+def _open(target: Path | str) -> object:
+    """A read-write connection (``?`` placeholders on both backends)."""
+    if pg.is_url(target):
+        return pg.connect(str(target))
+    return sqlite3.connect(target, isolation_level=None)
+
+
+def _unlocked(target: Path | str) -> object:
+    conn = _open(target)
+    on = " ON audit" if pg.is_url(target) else ""
+    conn.execute(f"DROP TRIGGER audit_no_update{on}")
+    conn.execute(f"DROP TRIGGER audit_no_delete{on}")
     return conn
+
+
+APPEND_ONLY = (sqlite3.IntegrityError, pg.Error)
 
 
 # ---- the chain ------------------------------------------------------------------------------------------------
@@ -129,7 +136,7 @@ async def test_ledger_audit_chain_verifies_and_matches_tables(populated: Path):
     assert kinds.count("block_found") == 3 and kinds.count("block_status") == 4
     assert "payment_created" in kinds and "payment_sent" in kinds
     # Each block_found entry states exactly the credits and fee the tables hold.
-    conn = sqlite3.connect(populated)
+    conn = _open(populated)
     try:
         for e in entries:
             if e.kind != "block_found":
@@ -145,13 +152,13 @@ async def test_ledger_audit_chain_verifies_and_matches_tables(populated: Path):
 
 
 async def test_audit_log_is_append_only(populated: Path):
-    conn = sqlite3.connect(populated, isolation_level=None)
+    conn = _open(populated)
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(APPEND_ONLY, match="append-only"):
             conn.execute("UPDATE audit SET payload='{}' WHERE seq=2")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(APPEND_ONLY, match="append-only"):
             conn.execute("DELETE FROM audit WHERE seq=2")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(APPEND_ONLY, match="append-only"):
             conn.execute("DELETE FROM audit")
         # Appending is allowed (that is how the log grows).
         n = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
@@ -165,8 +172,8 @@ async def test_audit_log_is_append_only(populated: Path):
 
 
 @pytest.mark.parametrize("seq", [1, 5, "last"])
-async def test_verify_detects_tampered_payload(populated: Path, tmp_path: Path, seq):
-    bad = _copy(populated, tmp_path / "tampered.sqlite3")
+async def test_verify_detects_tampered_payload(populated: Path, copy_ledger, seq):
+    bad = copy_ledger(populated, "tampered.sqlite3")
     conn = _unlocked(bad)
     try:
         if seq == "last":
@@ -185,8 +192,8 @@ async def test_verify_detects_tampered_payload(populated: Path, tmp_path: Path, 
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
 
 
-async def test_verify_detects_rehashed_entry_and_deletion(populated: Path, tmp_path: Path):
-    bad = _copy(populated, tmp_path / "rehashed.sqlite3")
+async def test_verify_detects_rehashed_entry_and_deletion(populated: Path, copy_ledger):
+    bad = copy_ledger(populated, "rehashed.sqlite3")
     conn = _unlocked(bad)
     try:
         seq, ts, kind, payload, prev = conn.execute(
@@ -200,7 +207,7 @@ async def test_verify_detects_rehashed_entry_and_deletion(populated: Path, tmp_p
     r = verify(reports.audit_entries(bad))
     assert (r.ok, r.first_bad_seq) == (False, seq + 1)
 
-    gone = _copy(populated, tmp_path / "deleted.sqlite3")
+    gone = copy_ledger(populated, "deleted.sqlite3")
     conn = _unlocked(gone)
     try:
         conn.execute("DELETE FROM audit WHERE seq=3")
@@ -211,9 +218,9 @@ async def test_verify_detects_rehashed_entry_and_deletion(populated: Path, tmp_p
     assert run_cli("audit", "verify", "--ledger", str(gone)).returncode == 1
 
 
-async def test_verify_detects_credits_that_do_not_balance(populated: Path, tmp_path: Path):
-    bad = _copy(populated, tmp_path / "credits.sqlite3")
-    conn = sqlite3.connect(bad, isolation_level=None)
+async def test_verify_detects_credits_that_do_not_balance(populated: Path, copy_ledger):
+    bad = copy_ledger(populated, "credits.sqlite3")
+    conn = _open(bad)
     try:
         conn.execute("UPDATE credits SET amount = amount + 1 WHERE id = (SELECT MIN(id) FROM credits)")
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 from pool.ledger import best as best_sql
 from pool.ledger.sqlite import Ledger
@@ -86,8 +85,8 @@ def test_round_number_is_the_count_of_found_blocks_and_old_round_bests_read_as_z
     assert best_sql.for_address(conn, "nobody") == []
 
 
-def test_the_ledger_creates_the_table_and_reads_it_back(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite3", rollup_interval=0)
+def test_the_ledger_creates_the_table_and_reads_it_back(ledger_target) -> None:  # noqa: ANN001 - both backends
+    ledger = Ledger(ledger_target(), rollup_interval=0)
     try:
         ledger.run_sync(lambda c: best_sql.upsert(c, [("a", "w", 12.5, 3.0, 0, 12.5, 3.0)]))
         assert ledger.best_shares() == ([("a", "w", 12.5, 3.0, 0, 12.5, 3.0)], 0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -103,8 +102,8 @@ def test_series_of_coarse_steps_sums_minutes():
     assert len(out["points"]) == 288
 
 
-async def test_writer_flushes_through_the_ledger_and_prunes(tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.sqlite3", rollup_interval=0)
+async def test_writer_flushes_through_the_ledger_and_prunes(ledger_target):  # noqa: ANN001 - both backends
+    ledger = Ledger(ledger_target(), rollup_interval=0)
     try:
         work = WorkHistory()
         now = [float(T0 + 50 * 3600)]
@@ -126,8 +125,8 @@ async def test_writer_flushes_through_the_ledger_and_prunes(tmp_path: Path):
         ledger.close()
 
 
-async def test_writer_run_flushes_on_its_timer(tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.sqlite3", rollup_interval=0)
+async def test_writer_run_flushes_on_its_timer(ledger_target):  # noqa: ANN001 - both backends
+    ledger = Ledger(ledger_target(), rollup_interval=0)
     try:
         work = WorkHistory()
         writer = HistoryWriter(ledger, work, Retention(flush_interval=0.05))
@@ -143,8 +142,8 @@ async def test_writer_run_flushes_on_its_timer(tmp_path: Path):
         ledger.close()
 
 
-async def test_a_refused_flush_is_logged_and_dropped(tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.sqlite3", rollup_interval=0)
+async def test_a_refused_flush_is_logged_and_dropped(ledger_target):  # noqa: ANN001 - both backends
+    ledger = Ledger(ledger_target(), rollup_interval=0)
     ledger.close()  # every submit now fails
     work = WorkHistory()
     work.add("addr", "rig", 2.0, T0)

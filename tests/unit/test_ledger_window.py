@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from pool import reports
-from pool.ledger import book, rollup, window
+from pool.ledger import book, pg, rollup, window
 from pool.ledger.accounting import WindowShare, pplns_split
 from pool.ledger.book import Policy
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
@@ -31,6 +31,27 @@ def memory_ledger() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.executescript(book.SCHEMA)
     return conn
+
+
+@pytest.fixture
+def new_conn(ledger_target):
+    """``make()`` -> an open connection to a new, empty ledger on the test's backend (SQLite in memory, or a
+    new PostgreSQL database with the pool's schema)."""
+    made: list = []
+
+    def make():  # noqa: ANN202
+        if ledger_target.is_pg:
+            url = ledger_target()
+            Ledger(url, rollup_interval=0).close()
+            conn = pg.connect(str(url))
+        else:
+            conn = memory_ledger()
+        made.append(conn)
+        return conn
+
+    yield make
+    for conn in made:
+        conn.close()
 
 
 def add_share(conn: sqlite3.Connection, address: str, worker: str, difficulty: float, ts: float | None = None,
@@ -54,9 +75,9 @@ def full_scan_split(conn: sqlite3.Connection, reward: int, fee_bp: int, last_id:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_split_from_totals_equals_full_scan_on_random_histories(seed: int):
+def test_split_from_totals_equals_full_scan_on_random_histories(seed: int, new_conn):
     rng = random.Random(seed)
-    conn = memory_ledger()
+    conn = new_conn()
     random_history(conn, rng, rng.randint(1, 400))
     last = conn.execute("SELECT MAX(id) FROM shares").fetchone()[0]
     total = sum(d for (d,) in conn.execute("SELECT difficulty FROM shares"))
@@ -73,11 +94,11 @@ def test_split_from_totals_equals_full_scan_on_random_histories(seed: int):
             assert got == want, (seed, end, nd, factor, limit)
 
 
-def test_split_after_rollup_equals_full_scan_over_the_rows_kept():
+def test_split_after_rollup_equals_full_scan_over_the_rows_kept(new_conn):
     """Rows are only ever removed from the old end, so the totals of what is kept still add up; a window
     reaching past the kept rows takes all of them (as the full scan over those rows does)."""
     rng = random.Random(99)
-    conn = memory_ledger()
+    conn = new_conn()
     random_history(conn, rng, 300)
     conn.execute("BEGIN")
     assert rollup.rollup_batch(conn, below=120, batch=1000) == 119
@@ -110,8 +131,8 @@ def test_block_work_does_not_grow_with_history():
     assert large < 2 * small + 50, (small, large)
 
 
-def test_share_with_a_non_positive_difficulty_is_refused():
-    conn = memory_ledger()
+def test_share_with_a_non_positive_difficulty_is_refused(new_conn):
+    conn = new_conn()
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="difficulty"):
             add_share(conn, ADDRESSES[0], "", bad)
@@ -121,8 +142,8 @@ def test_share_with_a_non_positive_difficulty_is_refused():
 # ---- roll-up ----------------------------------------------------------------------------------------------
 
 
-def test_rollup_keeps_the_current_window_and_recent_rows():
-    conn = memory_ledger()
+def test_rollup_keeps_the_current_window_and_recent_rows(new_conn):
+    conn = new_conn()
     now = 1_700_000_000.0
     for i in range(100):  # one share of difficulty 1 a minute, the newest at `now`
         add_share(conn, ADDRESSES[i % 2], "w", 1.0, ts=now - (99 - i) * 60)
@@ -148,8 +169,8 @@ def test_rollup_keeps_the_current_window_and_recent_rows():
     assert rolled.fetchone() == (20, 20.0, 1, 20)
 
 
-async def test_reports_and_api_totals_are_the_same_after_rollup(tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.sqlite3", Policy("pplns", 100, 2.0), rollup_interval=0, keep_seconds=0)
+async def test_reports_and_api_totals_are_the_same_after_rollup(ledger_target):
+    ledger = Ledger(ledger_target(), Policy("pplns", 100, 2.0), rollup_interval=0, keep_seconds=0)
     try:
         rng = random.Random(5)
         start = time.time() - 5 * 3600
@@ -161,7 +182,7 @@ async def test_reports_and_api_totals_are_the_same_after_rollup(tmp_path: Path):
         await ledger.record_share(ShareRecord(time.time(), ADDRESSES[1], "", 1.0, 4.0, "1", 101, h, True))
         await ledger.record_block(BlockRecord(h, 101, ADDRESSES[1], "", 50 * COIN, 50 * COIN, 20.0, time.time()))
         await ledger.set_block_status(h, "confirmed", 101)
-        before = reports.workers(ledger.path)
+        before = reports.workers(ledger.target)
         api_before = ledger.share_totals(ADDRESSES[0])
         api_shares_before = address_shares(ledger, ADDRESSES[0])
         assert [(s["worker"], s["count"]) for s in api_shares_before] == [
@@ -176,11 +197,11 @@ async def test_reports_and_api_totals_are_the_same_after_rollup(tmp_path: Path):
         assert ledger.query("SELECT SUM(difficulty) FROM shares")[0][0] >= 40.0
         assert ledger.query("SELECT COUNT(*) FROM share_rollup")[0][0] >= 5 * 3  # per worker and hour
 
-        assert reports.workers(ledger.path) == before
+        assert reports.workers(ledger.target) == before
         assert ledger.share_totals(ADDRESSES[0]) == api_before
         assert address_shares(ledger, ADDRESSES[0]) == api_shares_before
         assert ledger.query("SELECT * FROM credits ORDER BY id") == credits_before
-        ok, message = reports.audit_verify(ledger.path)
+        ok, message = reports.audit_verify(ledger.target)
         assert ok, message
         # Rolling up again removes nothing more: every remaining row is in the window.
         assert await asyncio.to_thread(ledger.rollup, 5.0, 50) == 0
@@ -199,8 +220,8 @@ def address_shares(ledger: Ledger, address: str) -> list[dict[str, object]]:
     return app.address_summary(address, [])["shares"]  # type: ignore[return-value]
 
 
-async def test_ledger_rolls_up_by_itself_off_the_writer(tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.sqlite3", Policy("pps", 100, 2.0), rollup_interval=0.05, keep_seconds=0)
+async def test_ledger_rolls_up_by_itself_off_the_writer(ledger_target):
+    ledger = Ledger(ledger_target(), Policy("pps", 100, 2.0), rollup_interval=0.05, keep_seconds=0)
     try:
         for i in range(30):
             await ledger.record_share(ShareRecord(time.time(), ADDRESSES[0], "w", 1.0, 3.0, "1", 101, f"{i:064x}",
@@ -218,8 +239,8 @@ async def test_ledger_rolls_up_by_itself_off_the_writer(tmp_path: Path):
         ledger.close()
 
 
-async def test_pps_credit_is_self_contained_after_rollup(tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.sqlite3", Policy("pps", 100, 2.0), rollup_interval=0, keep_seconds=0)
+async def test_pps_credit_is_self_contained_after_rollup(ledger_target):
+    ledger = Ledger(ledger_target(), Policy("pps", 100, 2.0), rollup_interval=0, keep_seconds=0)
     try:
         for i in range(5):
             await ledger.record_share(ShareRecord(time.time() - 100, ADDRESSES[0], "w", 2.0, 3.0, "1", 101,
@@ -235,10 +256,23 @@ async def test_pps_credit_is_self_contained_after_rollup(tmp_path: Path):
 # ---- durability and migration -----------------------------------------------------------------------------
 
 
-async def test_writer_connection_is_durable(tmp_path: Path):
-    """The README's promise (an acknowledged share survives a power cut) rests on these two settings of the
+async def test_writer_connection_is_durable(ledger_target):
+    """The README's promise (an acknowledged share survives a power cut) rests on these settings of the
     connection the writer commits shares on; a kill -9 test cannot see synchronous=OFF (the OS keeps the data)."""
-    ledger = Ledger(tmp_path / "ledger.sqlite3", rollup_interval=0)
+    target = ledger_target()
+    if ledger_target.is_pg:  # even where the database's own default is not durable
+        conn = pg.connect(str(target))
+        conn.execute(f"ALTER DATABASE {str(target).rsplit('/', 1)[1]} SET synchronous_commit = off")
+        conn.close()
+    ledger = Ledger(target, rollup_interval=0)
+    if ledger.is_pg:
+        try:  # COMMIT returns once the WAL is flushed to disk (synchronous_commit on, fsync on)
+            settings = await ledger.submit(lambda c: (c.execute("SHOW synchronous_commit").fetchone()[0],
+                                                      c.execute("SHOW fsync").fetchone()[0]))
+            assert settings == ("on", "on")
+        finally:
+            ledger.close()
+        return
     try:
         settings = await ledger.submit(lambda c: (c.execute("PRAGMA journal_mode").fetchone()[0],
                                                   c.execute("PRAGMA synchronous").fetchone()[0]))
@@ -320,7 +354,7 @@ def test_exact_totals_round_trip():
 
 
 @pytest.mark.parametrize("search", ["window", "rollup"])
-def test_binary_searches_survive_gaps_in_share_ids(search: str):
+def test_binary_searches_survive_gaps_in_share_ids(search: str, new_conn):
     """An operator may delete rows by hand: the searches run over id values, so a gap cannot stall them (before,
     ids {1, 2, 3, 10} made ``first_in_window`` loop forever inside the ledger writer, at a found block)."""
     import signal
@@ -328,7 +362,7 @@ def test_binary_searches_survive_gaps_in_share_ids(search: str):
     def stalled(signum, frame):  # noqa: ANN001
         raise AssertionError("the search did not finish within 5 s")
 
-    conn = memory_ledger()
+    conn = new_conn()
     for i in range(10):
         add_share(conn, ADDRESSES[0], WORKERS[0], 1.0, ts=1000.0 + i)
     conn.execute("DELETE FROM shares WHERE id BETWEEN 4 AND 9")

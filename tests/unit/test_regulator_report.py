@@ -29,9 +29,9 @@ def share(address: str, worker: str, difficulty: float, ts: float) -> ShareRecor
 
 
 @pytest.fixture
-def ledger_path(tmp_path: Path) -> Path:
+def ledger_path(ledger_target) -> Path:  # noqa: ANN001 - a SQLite file or a PostgreSQL URL: both backends
     """Old work (10 days ago), then today: shares of three addresses, one block, its credits, one payment."""
-    path = tmp_path / "ledger.sqlite3"
+    path = ledger_target()
     ledger = Ledger(path, Policy("pplns", 100, 2.0), rollup_interval=0)
     now = time.time()
     policy = ledger.policy
@@ -164,7 +164,7 @@ def test_cli_takes_operators_and_efficiency_from_the_config(ledger_path: Path, t
     config.write_text(
         f'[node]\nnetwork = "regtest"\nrpc_url = "http://127.0.0.1:18443"\n'
         f'[payout]\npool_address = "{regtest_address(20)}"\n'
-        f'[ledger]\npath = "{ledger_path}"\n'
+        f'[ledger]\n{"url" if str(ledger_path).startswith("postgresql://") else "path"} = "{ledger_path}"\n'
         f'[authorization]\nallowlist_file = "{allowlist}"\n'  # mode open: the file only names operators
         '[report]\nefficiency_j_per_th = 17.5\n'
         '[[site]]\nname = "north-dam"\nworker_prefix = "n-"\npower_budget_kw = 100\nefficiency_j_per_th = 21.5\n'
