@@ -91,7 +91,6 @@ class AccessControl:
         self.on_drain_done: Callable[[int], None] | None = None  # set in a front-end process: report, not audit
         self._remote_draining: set[int] = set()  # front-ends still draining (coordinator)
         self._remote_closed = 0
-        self._remote_done: int | None = None
         metrics.allowlist_entries.set(len(self.allowlist))
 
     # ---- the hot path ----------------------------------------------------------------------------------------
@@ -154,9 +153,11 @@ class AccessControl:
             if draining:
                 await self._audit("allowlist_drain", {"sessions": draining, "rate_per_second": self.config.drain_rate,
                                                       "addresses": payload["removed_addresses"]})
-            if self._remote_done is not None:  # every front-end finished before this reload's entries were written
-                await self._audit("allowlist_drain_done", {"closed": self._remote_done})
-                self._remote_done = None
+            if self.spread is not None and draining and not self._remote_draining:
+                # Every front-end finished its share before this reload's own entries were written.
+                closed, self._remote_closed = self._remote_closed, 0
+                log.info("allowlist_drain_done", closed=closed)
+                await self._audit("allowlist_drain_done", {"closed": closed})
             return result
 
     def apply(self, new: Allowlist, gone: frozenset[bytes]) -> int:
@@ -179,13 +180,11 @@ class AccessControl:
             return
         self._remote_draining.discard(process)
         self._remote_closed += closed
-        if not self._remote_draining:
+        # While a reload runs (answers still coming, its own entries not written) the reload writes the end.
+        if not self._remote_draining and not self._lock.locked():
             closed, self._remote_closed = self._remote_closed, 0
             log.info("allowlist_drain_done", closed=closed)
-            if self._lock.locked():  # the reload's own entries are not written yet: this one goes after them
-                self._remote_done = closed
-            else:
-                self._audit_later("allowlist_drain_done", {"closed": closed})
+            self._audit_later("allowlist_drain_done", {"closed": closed})
 
     def _audit_later(self, kind: str, payload: dict[str, Any]) -> None:
         task = asyncio.ensure_future(self._audit(kind, payload))
