@@ -114,6 +114,11 @@ class Arena:
         # The merged registry /metrics renders: every Stratum process's figures (at most a second old).
         return live.metric_now(self.app, name, labels) or 0.0
 
+    async def metric_fresh(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """``metric`` after asking every Stratum process for its figures of now (as a scrape does)."""
+        await self.app.refresh_live()
+        return self.metric(name, labels)
+
     async def client(self, name: str) -> FirmwareClient:
         return await FirmwareClient(name).connect(self.port)
 
