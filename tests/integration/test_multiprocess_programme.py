@@ -266,6 +266,13 @@ async def test_a_scheduled_curtailment_applies_in_every_process(regtest, tmp_pat
             opened += back
             for m in back:
                 await accepted_share(m)
+            await wait_until(lambda: len(app.sites.book.sites["lab"].sessions) == 2, 5, what="two lab miners")
+            # A front-end that dies takes its miners with it: they leave the coordinator's site book.
+            os.kill(app.server.slots[1].pid, signal.SIGKILL)
+            await wait_until(lambda: len(app.sites.book.sites["lab"].sessions) == 1, 10,
+                             what="the dead front-end's miner gone from the site book")
+            _, body = await http("GET", app.http.port, "/api/sites")
+            assert next(s for s in body["sites"] if s["name"] == "lab")["miners"] == 1
         finally:
             for m in opened:
                 await m.close()
