@@ -423,9 +423,10 @@ async def test_front_ends_survive_a_coordinator_crash(regtest, tmp_path: Path):
 
     from pool.server.frontends import STATE_FILE, run_dir
 
-    with socket.socket() as probe:
+    with socket.socket() as probe, socket.socket() as probe2:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        probe2.bind(("127.0.0.1", 0))
+        port, http_port = probe.getsockname()[1], probe2.getsockname()[1]
     data_dir = tmp_path / "pool"
     address = await arpc(regtest, "getnewaddress", wallet="pool")
     config = tmp_path / "pool.toml"
@@ -436,7 +437,8 @@ async def test_front_ends_survive_a_coordinator_crash(regtest, tmp_path: Path):
         f'[stratum]\nhost = "127.0.0.1"\nport = {port}\nprocesses = 2\n'
         f"[difficulty]\nstart = 1e-10\nmin = 1e-10\nmax = 1e-10\n"
         f'[payout]\nscheme = "pplns"\npool_address = "{address}"\n'
-        f'[metrics]\nenabled = false\n[logging]\nlevel = "warning"\nformat = "json"\n'
+        f'[metrics]\nhost = "127.0.0.1"\nport = {http_port}\n[logging]\nlevel = "warning"\nformat = "json"\n'
+        '[[site]]\nname = "lab"\ncidrs = ["127.0.0.1/32"]\npower_budget_kw = 1\nefficiency_j_per_th = 20\n'
     )
     log = tmp_path / "pool.log"
     state = run_dir(str(data_dir)) / STATE_FILE
@@ -471,6 +473,10 @@ async def test_front_ends_survive_a_coordinator_crash(regtest, tmp_path: Path):
         finally:
             ledger.close()
         assert set(hashes) <= stored
+        # The front-ends told the new coordinator of their live logins: its site book has the same miners.
+        status, body = await http_get(http_port, "/api/sites")
+        assert status == 200
+        assert next(s for s in json.loads(body)["sites"] if s["name"] == "lab")["miners"] == len(miners)
         second.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(second.wait(), 40) == 0
         for pid in pids.values():
