@@ -28,7 +28,7 @@ from pool.node.work import TemplateSource
 from pool.ops.http import HttpApi
 from pool.ops.sites import SiteCollector
 from pool.ops.supervise import Supervisor
-from pool.ops.telemetry import Metrics
+from pool.ops.telemetry import Metrics, watch_loop_lag
 from pool.programme.controller import SiteController
 from pool.server.access import AccessControl, ReloadRefused, ReloadResult
 from pool.server.coordinator import Coordinator
@@ -195,7 +195,7 @@ class PoolApp:
         if self.server.tls is not None:
             sup.start("tls-accept", self.server.tls.accept_loop)
         sup.start("template-age", self._age_loop, required=False)
-        sup.start("loop-lag", self._loop_lag, required=False)
+        sup.start("loop-lag", lambda: watch_loop_lag(self.metrics), required=False)
         sup.start("history", self.history.run, required=False)
         self.maturity = MaturityTracker(self.client, self.ledger, pc.maturity_margin, pc.maturity_check_interval,
                                         on_change=self._on_block_status, in_flight=self._blocks_in_flight)
@@ -333,11 +333,6 @@ class PoolApp:
                 self.metrics.template_age_seconds.set(time.monotonic() - self.source.fetched_at)
             await asyncio.sleep(1)
 
-    async def _loop_lag(self) -> None:
-        while True:
-            start = time.perf_counter()
-            await asyncio.sleep(0.5)
-            self.metrics.loop_lag_seconds.observe(max(0.0, time.perf_counter() - start - 0.5))
 
     # ---- views for the HTTP API ---------------------------------------------------------------------------
 

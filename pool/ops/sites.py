@@ -169,14 +169,22 @@ class SitesApi:
 def admin_routes(admin: AdminApi) -> list[web.RouteDef]:
     """The curtailment routes, mounted by the admin API beside its own."""
 
-    async def curtail(request: web.Request) -> web.Response:
-        action = "site-curtail"
+    async def site_of(request: web.Request, action: str) -> tuple[Any, str] | web.Response:
+        """The controller and the site named in the path, or the refusal (no token, unknown site)."""
         if (refusal := await admin._authenticate(request, action)) is not None:
             return refusal
         controller = admin.pool.sites
         name = request.match_info["name"]
         if name not in controller.curtailments:
             return await admin._bad_request(request, action, f"no configured site {name[:64]!r}")
+        return controller, name
+
+    async def curtail(request: web.Request) -> web.Response:
+        action = "site-curtail"
+        found = await site_of(request, action)
+        if isinstance(found, web.Response):
+            return found
+        controller, name = found
         try:
             until = parse_until(request.query.get("until", ""), controller.clock())
         except ValueError as exc:
@@ -188,12 +196,10 @@ def admin_routes(admin: AdminApi) -> list[web.RouteDef]:
 
     async def resume(request: web.Request) -> web.Response:
         action = "site-resume"
-        if (refusal := await admin._authenticate(request, action)) is not None:
-            return refusal
-        controller = admin.pool.sites
-        name = request.match_info["name"]
-        if name not in controller.curtailments:
-            return await admin._bad_request(request, action, f"no configured site {name[:64]!r}")
+        found = await site_of(request, action)
+        if isinstance(found, web.Response):
+            return found
+        controller, name = found
         was, _ = controller.resume(name)
         await admin._record(request, action, {"site": name, "was_curtailed": was}, "ok")
         return web.json_response(_state(admin.pool, name) | {"was_curtailed": was})

@@ -7,8 +7,10 @@ only call these objects.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 
 import structlog
 from prometheus_client import (
@@ -239,3 +241,12 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+async def watch_loop_lag(metrics: Metrics, period: float = 0.5) -> None:
+    """Observe how late a ``period`` sleep wakes: the time the event loop was busy with something else (a long
+    callback, GIL contention), the delay every miner's reply on that loop shared. One per process."""
+    while True:
+        start = time.perf_counter()
+        await asyncio.sleep(period)
+        metrics.loop_lag_seconds.observe(max(0.0, time.perf_counter() - start - period))

@@ -35,7 +35,7 @@ from pool.mining.stats import PoolStats
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
 from pool.node.rpc import NodeClient
 from pool.ops.supervise import Supervisor
-from pool.ops.telemetry import Metrics, configure_logging
+from pool.ops.telemetry import Metrics, configure_logging, watch_loop_lag
 from pool.programme.remote import FrontendSites
 from pool.server.access import AccessControl
 from pool.server.coordinator import Coordinator
@@ -375,7 +375,7 @@ class Frontend:
             sup.start("tls-accept", self.server.tls.accept_loop)
         sup.start("coordinator-link", self._relink)
         sup.start("frontend-stats", self._report, required=False)
-        sup.start("loop-lag", self._loop_lag, required=False)
+        sup.start("loop-lag", lambda: watch_loop_lag(self.metrics), required=False)
         try:
             await self._stopped.wait()
         finally:
@@ -406,11 +406,6 @@ class Frontend:
             "in_flight": self.ledger.in_flight,
         })
 
-    async def _loop_lag(self) -> None:
-        while True:
-            start = time.perf_counter()
-            await asyncio.sleep(0.5)
-            self.metrics.loop_lag_seconds.observe(max(0.0, time.perf_counter() - start - 0.5))
 
     async def stop(self) -> None:
         await self.supervisor.stop()
