@@ -126,12 +126,15 @@ class Leadership:
         self.leading = False
         self._changed = asyncio.Event()
 
-    def _set(self, leading: bool) -> None:
+    def _set(self, leading: bool, stopping: bool = False) -> None:
         if leading != self.leading:
             self.leading = leading
             self._changed.set()
             self._changed = asyncio.Event()
-            log.warning("leader_elected" if leading else "leader_lost")
+            if stopping:  # a normal stop hands the role over: nothing for an operator to look at
+                log.info("leader_released")
+            else:
+                log.warning("leader_elected" if leading else "leader_lost")
             if self._on_change is not None:
                 with contextlib.suppress(Exception):
                     self._on_change(leading)
@@ -152,7 +155,7 @@ class Leadership:
                     await asyncio.to_thread(self._lock.release)
                 await asyncio.sleep(self._retry)
         finally:
-            self._set(False)
+            self._set(False, stopping=True)
             self._lock.release()
 
     def gated(self, work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
