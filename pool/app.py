@@ -149,9 +149,10 @@ class PoolApp:
                                      on_block_resolved=lambda _: self.source.trigger("block-found")
                                      if self.source is not None else None)
             self.server = frontends
-            if cfg.programme.sites:  # decided here, applied and reported by every front-end process
-                frontends.sites = self.sites
-                self.sites.publish = frontends.publish_site
+            # Decided here, applied and reported by every front-end process; with no [[site]] every miner is
+            # 'unassigned', counted as with one process.
+            frontends.sites = self.sites
+            self.sites.publish = frontends.publish_site
         else:
             self.server = StratumServer(cfg, self.coordinator, self.metrics, sites=self.sites)
         self.sites.server = self.server

@@ -345,14 +345,13 @@ class Frontend:
             paced = dataclasses.replace(auth, drain_rate=auth.drain_rate / config.stratum.processes)
             self.access = AccessControl(paced, config.node.network, self.metrics, _no_audit)
             self.access.on_drain_done = self._drain_done
-        if config.programme.sites:
-            self.sites = FrontendSites(config.programme, self.index, self._site_event)
-            if self.access is not None:
-                access = self.access
-                self.sites.listed_site = lambda script: _listed(access, script)
-            for state in self._site_states:
-                self.sites.apply(*state)
-            self._site_states.clear()
+        self.sites = FrontendSites(config.programme, self.index, self._site_event)  # 'unassigned' without sites
+        if self.access is not None:
+            access = self.access
+            self.sites.listed_site = lambda script: _listed(access, script)
+        for state in self._site_states:
+            self.sites.apply(*state)
+        self._site_states.clear()
         self.server = StratumServer(config, self.coordinator, self.metrics, process=self.index,
                                     sites=self.sites)  # type: ignore[arg-type]
         if self.access is not None:

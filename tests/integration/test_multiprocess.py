@@ -140,6 +140,11 @@ async def test_miners_on_both_processes_get_shares_committed_and_one_metrics(reg
             status, body = await http_get(app.http.port, f"/api/address/{address}")
             workers = json.loads(body)["workers"]
             assert status == 200 and workers[0]["accepted"] == len(hashes) and workers[0]["rejected"] == 1
+            # No [[site]]: every miner is 'unassigned' and counted there, as with one process.
+            status, body = await http_get(app.http.port, "/api/sites")
+            (unassigned,) = json.loads(body)["sites"]
+            assert unassigned["name"] == "unassigned" and unassigned["miners"] == len(miners)
+            assert unassigned["accepted"] == len(hashes) and unassigned["rejected"] == 1
         finally:
             for miner in miners:
                 await miner.close()
