@@ -236,15 +236,23 @@ class BlockSubmitter:
             await asyncio.sleep(next(delays))
 
     async def _confirm(self, client: NodeClient, block: FoundBlock, attempts: int = 10) -> bool:
-        """Ask bitcoind for the block by hash: it must be in its index (and normally the active chain)."""
+        """Ask bitcoind for the block by hash: it must be in its index (and normally the active chain).
+
+        The node that accepted it is asked first; while it is unreachable (it may have died right after
+        answering), the other nodes are asked too: they get every block, though perhaps a moment later."""
+        others = [c for c in self._clients if c is not client]
         for i in range(attempts):
-            try:
-                header = await client.call("getblockheader", block.block_hash)
+            for node in (client, *others):
+                try:
+                    header = await node.call("getblockheader", block.block_hash)
+                except NodeError:
+                    if node is client:
+                        return False  # the node that accepted it does not know it
+                    continue  # another node may not have it yet
+                except NodeUnavailable:
+                    continue
                 return isinstance(header, dict) and header.get("hash") == block.block_hash
-            except NodeError:
-                return False
-            except NodeUnavailable:
-                await asyncio.sleep(min(0.2 * 2**i, 5.0))
+            await asyncio.sleep(min(0.2 * 2**i, 5.0))
         return False
 
     # ---- files (on the block-file thread) -------------------------------------------------------------------
