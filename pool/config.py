@@ -598,14 +598,20 @@ def _ledger_url(t: _Reader, env: dict[str, str]) -> tuple[str, str]:
         raise ConfigError("ledger.path and ledger.url are both set: keep one (url selects PostgreSQL)")
     password = env.get("POOL_LEDGER_PASSWORD", "")
     if password_file and not password:
-        try:
-            with open(password_file, encoding="utf-8") as fh:
-                password = fh.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"ledger.password_file: cannot read {password_file!r}: {exc}") from exc
-        if not password:
-            raise ConfigError(f"ledger.password_file: {password_file!r} is empty")
+        password = _read_secret("ledger.password_file", password_file)
     return url, password
+
+
+def _read_secret(setting: str, path: str) -> str:
+    """A secret kept in a file of its own (a Docker/Kubernetes secret): its text, stripped; never empty."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            secret = fh.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{setting}: cannot read {path!r}: {exc}") from exc
+    if not secret:
+        raise ConfigError(f"{setting}: {path!r} is empty")
+    return secret
 
 
 def _history(h: _Reader) -> HistoryConfig:
@@ -637,13 +643,7 @@ def _admin(a: _Reader, env: dict[str, str]) -> AdminConfig:
         raise ConfigError("admin.token and admin.token_file are both set: keep one")
     if token_file:
         source = "admin.token_file"
-        try:
-            with open(token_file, encoding="utf-8") as fh:
-                token = fh.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"admin.token_file: cannot read {token_file!r}: {exc}") from exc
-        if not token:
-            raise ConfigError(f"admin.token_file: {token_file!r} is empty")
+        token = _read_secret(source, token_file)
     elif not token and env.get("POOL_ADMIN_TOKEN"):
         source, token = "POOL_ADMIN_TOKEN", env["POOL_ADMIN_TOKEN"].strip()
     if token and (len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token)):
