@@ -53,18 +53,10 @@ def bitcoind_dir() -> Path:
 def pg_cluster() -> Iterator[Any]:
     """One throwaway PostgreSQL cluster for the whole run (skipped with the reason when PostgreSQL is not
     installed, except on CI, where it must be: scripts/setup.sh installs it)."""
-    from tests.support.postgres import PostgresNotFound, start_cluster
+    from tests.support.postgres import cluster_or_skip
 
-    try:
-        cluster = start_cluster()
-    except PostgresNotFound as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-    try:
+    with cluster_or_skip() as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

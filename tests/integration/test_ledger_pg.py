@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import running_pool
 from tests.support.chain import bits_target, connect_miner, display_hash, share_target, solve_where
-from tests.support.postgres import PgCluster, PostgresNotFound, start_cluster
+from tests.support.postgres import PgCluster, cluster_or_skip
 
 pytestmark = pytest.mark.integration
 
@@ -29,16 +29,8 @@ COIN = 100_000_000
 @pytest.fixture
 def own_cluster() -> Iterator[PgCluster]:
     """A cluster of the test's own, for tests that stop and start the server."""
-    try:
-        cluster = start_cluster()
-    except PostgresNotFound as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-    try:
+    with cluster_or_skip() as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 # ---- PostgreSQL restart under load ----------------------------------------------------------------------------

@@ -4,11 +4,8 @@ drain of sessions whose address was removed. Every change must be in the hash-ch
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from tests.conftest import running_pool
 from tests.support import live
 from tests.support.chain import arpc, connect_miner, wait_until
 from tests.support.miner import TestMiner as Miner
+from tests.support.pool_run import pool_run
 
 pytestmark = pytest.mark.integration
 
@@ -173,29 +171,9 @@ async def test_sighup_reloads_the_allowlist_of_pool_run(regtest, tmp_path: Path)
     allowlist.write_text(f"{first}\n")
     port = free_port()
     pool_address = await arpc(regtest, "getnewaddress", wallet="pool")
-    config = tmp_path / "pool.toml"
-    config.write_text(
-        f'data_dir = "{tmp_path / "data"}"\n'
-        f'[node]\nrpc_url = "{regtest.rpc_url}"\nrpc_user = "{regtest.user}"\nnetwork = "regtest"\n'
-        f'[payout]\npool_address = "{pool_address}"\n'
-        f'[stratum]\nhost = "127.0.0.1"\nport = {port}\n'
-        '[difficulty]\nstart = 1e-8\nmin = 1e-10\n'
-        f'[authorization]\nmode = "allowlist"\nallowlist_file = "{allowlist}"\n'
-        '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
-    )
-    env = {**os.environ, "POOL_RPC_PASSWORD": regtest.password}
-    stderr = (tmp_path / "stderr.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pool", "run", "--config", str(config),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        banner = b""
-        while b"Ctrl-C" not in banner:
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert line, (tmp_path / "stderr.log").read_text()
-            banner += line
+    settings = (f'[stratum]\nhost = "127.0.0.1"\nport = {port}\n'
+                f'[authorization]\nmode = "allowlist"\nallowlist_file = "{allowlist}"\n')
+    async with pool_run(regtest, tmp_path, pool_address, settings) as (proc, _):
 
         async def authorize(address: str) -> dict[str, Any]:
             miner = Miner("127.0.0.1", port, f"{address}.w")
@@ -215,14 +193,3 @@ async def test_sighup_reloads_the_allowlist_of_pool_run(regtest, tmp_path: Path)
 
         await wait_until(second_admitted, 15, interval=0.2, what="the reloaded allowlist")
         assert proc.returncode is None
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        stderr.close()
-    log = (tmp_path / "stderr.log").read_text()
-    assert '"allowlist_reloaded"' in log and '"source": "sighup"' in log

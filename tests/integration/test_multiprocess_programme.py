@@ -14,32 +14,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.conftest import running_pool
 from tests.integration.test_multiprocess import EASY, TWO, mine_share, miners_on_both, process_of
 from tests.support import live
 from tests.support.chain import arpc, wait_until
+from tests.support.live import http
 from tests.support.miner import TestMiner as Miner
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "mp-programme-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15)
 ERR_UNAUTHORIZED = 24
 LAB = [{"name": "lab", "cidrs": ["127.0.0.1/32"], "power_budget_kw": 2, "efficiency_j_per_th": 20}]
 
-
-async def http(method: str, port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
-        async with session.request(method, f"http://127.0.0.1:{port}{path}", headers=headers or {}) as resp:
-            text = await resp.text()
-            try:
-                return resp.status, json.loads(text)
-            except ValueError:
-                return resp.status, text
 
 
 def audit(app: Any, kind: str) -> list[dict[str, Any]]:

@@ -22,13 +22,13 @@ import pytest
 from tests.conftest import running_pool
 from tests.support import live
 from tests.support.chain import arpc, mine_block_on, ready_miner, wait_until
+from tests.support.live import HTTP_TIMEOUT, http
 from tests.support.miner import TestMiner as Miner
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "test-admin-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15)
 SITES = [
     {"name": "east", "worker_prefix": "east-", "power_budget_kw": 1.5, "efficiency_j_per_th": 30},
     {"name": "lab", "cidrs": ["127.0.0.1/32"], "power_budget_kw": 2, "efficiency_j_per_th": 20,
@@ -36,15 +36,6 @@ SITES = [
 ]
 FAST = {"curtail_close_rate": 100, "resume_admit_rate": 100}
 
-
-async def http(method: str, port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
-        async with session.request(method, f"http://127.0.0.1:{port}{path}", headers=headers or {}) as resp:
-            text = await resp.text()
-            try:
-                return resp.status, json.loads(text)
-            except ValueError:
-                return resp.status, text
 
 
 async def metric(app: Any, name: str, **labels: str) -> float | None:

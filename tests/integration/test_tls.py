@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import ssl
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from pool.node.regtest import free_port
 from tests.conftest import pool_config
 from tests.support.chain import arpc, connect_miner, mine_block_on, ready_miner, wait_tip, wait_until
 from tests.support.miner import TestMiner as StratumMiner
+from tests.support.pool_run import pool_run
 from tests.support.tls import cert_fingerprint, client_context, fingerprint, make_cert
 
 pytestmark = pytest.mark.integration
@@ -200,29 +199,9 @@ async def test_sighup_reloads_the_certificate_of_pool_run(regtest, tmp_path: Pat
     new_cert, new_key = make_cert(tmp_path / "tls-new", "pool-b")
     port, tls_port = free_port(), free_port()
     address = await arpc(regtest, "getnewaddress", wallet="pool")
-    config = tmp_path / "pool.toml"
-    config.write_text(
-        f'data_dir = "{tmp_path / "data"}"\n'
-        f'[node]\nrpc_url = "{regtest.rpc_url}"\nrpc_user = "{regtest.user}"\nnetwork = "regtest"\n'
-        f'[payout]\npool_address = "{address}"\n'
-        f'[stratum]\nhost = "127.0.0.1"\nport = {port}\ntls_port = {tls_port}\n'
-        f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
-        '[difficulty]\nstart = 1e-8\nmin = 1e-10\n'
-        '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
-    )
-    env = {**os.environ, "POOL_RPC_PASSWORD": regtest.password}
-    stderr = (tmp_path / "stderr.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pool", "run", "--config", str(config),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        banner = b""
-        while b"Ctrl-C" not in banner:
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert line, (tmp_path / "stderr.log").read_text()
-            banner += line
+    settings = (f'[stratum]\nhost = "127.0.0.1"\nport = {port}\ntls_port = {tls_port}\n'
+                f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    async with pool_run(regtest, tmp_path, address, settings) as (proc, banner):
         assert b"stratum+ssl://" in banner and str(tls_port).encode() in banner
         trust_both = client_context(cert, new_cert)
         user = f"{address}.hup"
@@ -244,12 +223,3 @@ async def test_sighup_reloads_the_certificate_of_pool_run(regtest, tmp_path: Pat
         reply = await first.request("mining.ping", [])  # the open connection carries on
         assert "result" in reply
         await first.close()
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        stderr.close()

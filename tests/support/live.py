@@ -7,7 +7,12 @@ asks (``PoolApp.refresh_live``, as before a scrape): ``metric`` asks first, then
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import aiohttp
+
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 
 def metric_now(app: Any, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -26,3 +31,14 @@ async def metric(app: Any, name: str, labels: dict[str, str] | None = None) -> f
 
 def several_processes(app: Any) -> bool:
     return app.config.stratum.processes > 1
+
+
+async def http(method: str, port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One request to the pool's HTTP listener on 127.0.0.1: the status and the body, parsed when it is JSON."""
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
+        async with session.request(method, f"http://127.0.0.1:{port}{path}", headers=headers or {}) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
