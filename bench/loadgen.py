@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Any
 
+TRACE: list = [] if os.environ.get("LOADGEN_TRACE") else None  # type: ignore
 ECHO_REPLY = b'{"id":0,"result":true,"error":null}\n'
 HANDSHAKE_TIMEOUT = 60.0
 CONNECT_CONCURRENCY = 256
@@ -114,7 +115,7 @@ class Miner(asyncio.Protocol):
         for line in buf[:end].split(b"\n"):
             if b'"method"' in line:  # notifications and server requests (client.get_version)
                 if b'"mining.notify"' in line and self.username:
-                    self.follow(json.loads(line)["params"])
+                    self.follow_line(line)
                 continue
             answered += 1
             t_sent = sent.popleft() if sent else now
@@ -130,6 +131,8 @@ class Miner(asyncio.Protocol):
                 c.counted += 1
                 if t_sent >= c.warm_at:
                     c.latencies.append(now - t_sent)
+                    if TRACE is not None and now - t_sent > 0.003:
+                        TRACE.append((time.time() - (now - t_sent), now - t_sent))
         if answered and c.closed_loop and now < c.end_at:
             self.send(answered, now)
 
@@ -169,6 +172,23 @@ class Miner(asyncio.Protocol):
         del self.client.notes[notes_from:]
         self.username, self.extranonce2 = username, os.urandom(en2_size).hex()
         self.follow(job)
+
+    def follow_line(self, line: bytes) -> None:
+        """``follow`` for a raw notify line, without decoding its JSON: at a new tip every connection gets one
+        (1-2 KB each), and a full decode per connection would stall this client for tens of ms, showing up as
+        reply latency that is the client's, not the server's. Job id: the first parameter; ntime: the last
+        string (``...,"ntime",true]}``). Anything unexpected goes through the JSON decoder."""
+        head = b'"params":["'
+        start = line.find(head)
+        if start >= 0:
+            start += len(head)
+            end = line.find(b'"', start)
+            tail = line.rsplit(b'"', 2)
+            if end > start and len(tail) == 3 and len(tail[1]) == 8 and tail[2].startswith((b",true]", b",false]")):
+                job_id, ntime = line[start:end].decode(), tail[1].decode()
+                self.follow([job_id, "", "", "", [], "", "", ntime])
+                return
+        self.follow(json.loads(line)["params"])
 
     def follow(self, job: list[Any]) -> None:
         """Submit on this job from now on (a miner switches at each notify; new extranonce2 space not needed:
@@ -309,6 +329,9 @@ async def client_main(spec: dict[str, Any]) -> None:
             emit(await client.report_tip(cmd))
         elif cmd["cmd"] == "quit":
             break
+    if TRACE is not None:
+        with open(os.environ["LOADGEN_TRACE"] + f".{os.getpid()}", "w") as fh:
+            fh.write("\n".join(f"{a:.4f} {b*1e3:.2f}" for a, b in TRACE))
     for m in client.miners:
         if m.transport is not None:
             m.transport.abort()

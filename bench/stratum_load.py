@@ -39,6 +39,7 @@ import os
 import pstats
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -144,31 +145,43 @@ def latency(ctx: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def tipload(ctx: dict[str, Any], args: argparse.Namespace) -> None:
-    """Reply latency under steady load with and without new tips arriving (template fetch, parse, fan-out)."""
+    """Reply latency under steady load with and without new tips arriving (template fetch, parse, fan-out),
+    beside the same load on the echo server with a notify-sized line broadcast to every connection at each
+    'tip': the client's own floor (it reads every notify too)."""
     node, problems = ctx["node"], ctx["problems"]
     rate, k, seconds, every = 3000, 1000, args.tipload_seconds, args.tip_every
     print(f"\n== tipload: open loop {rate:,}/s over {k:,} connections, accept path, {seconds:g} s windows; a new tip "
           f"every {every:g} s vs none (miners switch to each new job; shares sent on the old one are stale)")
     print(f"  {'':<22}{'replies/s':>10}{'p50 ms':>8}{'p99 ms':>9}{'max ms':>9}{'stale':>7}{'tips':>6}{'pool':>7}"
           f"{'loop':>6}")
+    echo = ctx["echo"]
     pool = Pool(node, ctx["tmp"], "tipload", overrides=args.overrides)
     try:
-        for tips_on in (False, True):
-            miners = Miners(pool.port, k, ACCEPT_D)
+        for target, tips_on in ((echo, False), (echo, True), (pool, False), (pool, True)):
+            is_echo = target is echo
+            miners = Miners(target.port, k, None if is_echo else ACCEPT_D)
             try:
-                cpu = Cpu({"pool": (pool.pid, None), "loop": (pool.pid, pool.pid)})
+                cpu = Cpu({"pool": (target.pid, None), "loop": (target.pid, target.pid)})
                 miners.send(cmd="run", seconds=seconds, rate=rate, warm=0.5)
                 start, tips = time.monotonic(), 0
                 while tips_on and time.monotonic() - start + every < seconds + 0.5:
                     time.sleep(every)
-                    node.new_tip()
+                    if is_echo:
+                        with socket.create_connection(("127.0.0.1", echo.port)) as ctl:
+                            ctl.sendall(b"BCAST tip%d\n" % tips)
+                            ctl.makefile("rb").readline()  # its write loop's time: the broadcast is out
+                    else:
+                        t = node.new_tip()
+                        if os.environ.get("LOADGEN_TRACE"):
+                            print("TIP", f"{t['announced']:.4f}")
                     tips += 1
                 r = miners.read()
                 usage = cpu.done()
             finally:
                 miners.stop()
-            check(r, True, problems, f"tipload tips={tips_on}")
-            print(f"  {'with tips' if tips_on else 'no tips':<22}{r['rate']:>10,.0f}{r['p50'] * 1e3:>8.2f}"
+            check(r, None if is_echo else True, problems, f"tipload {'echo' if is_echo else 'pool'} tips={tips_on}")
+            label = f"{'echo' if is_echo else 'pool'}, {'with tips' if tips_on else 'no tips'}"
+            print(f"  {label:<22}{r['rate']:>10,.0f}{r['p50'] * 1e3:>8.2f}"
                   f"{r['p99'] * 1e3:>9.2f}{r['max'] * 1e3:>9.1f}{r['stale']:>7}{tips:>6}{usage['pool']:>7.0%}"
                   f"{usage['loop']:>6.0%}")
     finally:
@@ -193,8 +206,6 @@ def hold(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         try:
             time.sleep(1.0)
             rss1 = rss_bytes(echo.pid)
-            import socket
-
             for _ in range(args.tips):
                 token = os.urandom(16).hex()
                 miners.command(cmd="arm", watch=token)

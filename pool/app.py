@@ -297,9 +297,11 @@ class PoolApp:
         except ValueError as exc:
             log.error("template_rejected", error=str(exc), height=template.height)
             return
-        sent = self.server.broadcast(clean=new_tip) if self.server is not None else 0
+        done = None
         if new_tip and not isinstance(self.server, FrontendPool):  # front-ends time their own notify
-            self.metrics.new_tip_notify_seconds.observe(time.perf_counter() - start)
+            def done(_sent: int) -> None:
+                self.metrics.new_tip_notify_seconds.observe(time.perf_counter() - start)
+        sent = self.server.broadcast(clean=new_tip, done=done) if self.server is not None else 0
         self.metrics.templates.labels("empty" if reason == "zmq-empty" else "full").inc()
         (log.info if new_tip else log.debug)("new_work", height=template.height, new_tip=new_tip, reason=reason,
                                              miners=sent, txs=len(template.transactions))

@@ -229,9 +229,11 @@ class Frontend:
         prepared = _loads(payload[TEMPLATE_HEAD.size:])
         if not self.coordinator.set_template(prepared.template, prepared=prepared, force=fresh):
             return
-        self.server.broadcast(clean=new_tip)
+        done = None
         if new_tip:
-            self.metrics.new_tip_notify_seconds.observe(max(0.0, time.monotonic() - sent_at))
+            def done(_sent: int) -> None:
+                self.metrics.new_tip_notify_seconds.observe(max(0.0, time.monotonic() - sent_at))
+        self.server.broadcast(clean=new_tip, done=done)
 
     def _on_command(self, command_id: int, name: str, args: tuple[Any, ...]) -> None:
         server = self.server

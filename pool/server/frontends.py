@@ -438,8 +438,9 @@ class FrontendPool:
         assert self._template_body is not None
         return encode_raw(Kind.TEMPLATE, TEMPLATE_HEAD.pack(clean, fresh, time.monotonic()) + self._template_body)
 
-    def broadcast(self, clean: bool) -> int:
-        """The coordinator's current template to every front-end (pickled once); returns the miners with work."""
+    def broadcast(self, clean: bool, done: Callable[[int], None] | None = None) -> int:
+        """The coordinator's current template to every front-end (pickled once); returns the miners with work.
+        Each front-end times its own fan-out, so ``done`` is not used here."""
         prepared = self.coordinator.prepared
         if prepared is None:
             return 0

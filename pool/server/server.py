@@ -29,6 +29,7 @@ from pool.mining.workers import AuthError, Worker, parse_worker
 from pool.ops.telemetry import Metrics
 from pool.programme.controller import SiteController
 from pool.server.coordinator import Coordinator
+from pool.server.fanout import Fanout
 from pool.server.guard import AddressGuard, Escalation, InvalidShareTracker, TokenBucket
 from pool.server.proxyproto import PROXY_HEADER_TIMEOUT, ProxyHeaderError, TrustedSources, parse_proxy_header
 from pool.server.tls import TlsListener
@@ -221,6 +222,11 @@ class StratumServer:
                                          "site-curtailment")}
         self.port = 0
         self.tls_port = 0
+        self._fanout: Fanout[Session] = Fanout(self._push, self._call_soon)
+
+    @staticmethod
+    def _call_soon(callback: Callable[[], None]) -> object:
+        return asyncio.get_running_loop().call_soon(callback)
 
     async def start(self) -> int:
         sc = self.config.stratum
@@ -261,16 +267,20 @@ class StratumServer:
 
     # ---- work broadcast ------------------------------------------------------------------------------------
 
-    def broadcast(self, clean: bool) -> int:
-        """Send the current job to every miner that has been given work; returns how many got it."""
-        sent = 0
-        for session in list(self.sessions.values()):
-            if session.has_work and session.worker is not None and not session.closing:
-                if self._send_jobs(session, clean, fresh=False):
-                    session.flush()
-                    sent += 1
+    def broadcast(self, clean: bool, done: Callable[[int], None] | None = None) -> int:
+        """Send the current job to every miner that has been given work, in time slices (pool/server/fanout.py);
+        returns how many sessions it goes to, and ``done(sent)`` runs once the last of them has it."""
+        sessions = list(self.sessions.values())
+        self._fanout.start(sessions, clean, done)
         self.metrics.jobs_broadcast.labels("clean" if clean else "update").inc()
-        return sent
+        return len(sessions)
+
+    def _push(self, session: Session, clean: bool) -> bool:
+        if session.has_work and session.worker is not None and not session.closing:
+            if self._send_jobs(session, clean, fresh=False):
+                session.flush()
+                return True
+        return False
 
     def _send_jobs(self, session: Session, clean: bool, fresh: bool) -> bool:
         """Send the session its job(s): one, or under SOLO one per payout address (only the first ``clean``).
