@@ -177,6 +177,9 @@ class Ledger:
             return book.insert_share(c, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
 
         op.share_keys = ((s.address, s.worker),)  # type: ignore[attr-defined]  # for window.prefetch
+        op.shares = (s,)  # type: ignore[attr-defined]  # SQLite: written with its neighbours (_run_sqlite)
+        op.policy = policy  # type: ignore[attr-defined]
+        op.single = True  # type: ignore[attr-defined]  # answered by its share id
         return self.submit(op)
 
     def record_shares(self, shares: list[ShareRecord]) -> asyncio.Future[Any]:
@@ -192,6 +195,9 @@ class Ledger:
                 book.insert_share(c, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
 
         insert_all.share_keys = [(s.address, s.worker) for s in shares]  # type: ignore[attr-defined]
+        insert_all.shares = shares  # type: ignore[attr-defined]
+        insert_all.policy = policy  # type: ignore[attr-defined]
+        insert_all.single = False  # type: ignore[attr-defined]
         return self.submit(insert_all)
 
     def record_block(self, b: BlockRecord) -> asyncio.Future[Any]:
@@ -379,7 +385,7 @@ class Ledger:
         if self.url is None:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                results = [(op(conn), None) for op, _, _ in batch]
+                results = self._run_sqlite(conn, batch)
                 conn.execute("COMMIT")
                 return results
             except Exception:  # noqa: BLE001 - the careful run below gives each op its own outcome
@@ -407,6 +413,34 @@ class Ledger:
             except self.errors as lost:
                 return self._failed(conn, batch, lost)
             return self._commit_each(conn, batch, {})
+
+    @staticmethod
+    def _run_sqlite(conn: Any, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
+        """The batch's ops in order, each run of consecutive share ops (same policy) written together by
+        ``book.insert_share_run``; any other op (a block, a best share, history) runs alone, between runs."""
+        results: list[tuple[Any, BaseException | None]] = []
+        i, n = 0, len(batch)
+        while i < n:
+            op = batch[i][0]
+            policy = getattr(op, "policy", None)
+            j = i
+            while j < n and getattr(batch[j][0], "shares", None) is not None and batch[j][0].policy is policy:
+                j += 1
+            if j == i:
+                results.append((op(conn), None))
+                i += 1
+                continue
+            run = [entry[0] for entry in batch[i:j]]
+            ids = book.insert_share_run(conn, policy, [s for r in run for s in r.shares])
+            if ids is None:  # the newest rows lack totals: one by one (the first fills them in)
+                results.extend((r(conn), None) for r in run)
+            else:
+                k = 0
+                for r in run:
+                    results.append((ids[k] if r.single else None, None))
+                    k += len(r.shares)
+            i = j
+        return results
 
     def _commit_or_fail(self, conn: Any, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
         try:

@@ -34,6 +34,7 @@ Exact = tuple[int, int]  # (n, k): the value n / 2**k, n >= 0
 ZERO: Exact = (0, 0)
 DIRECT_LIMIT = 20_000  # windows spanning at most this many ids are read row by row
 BACKFILL_CHUNK = 50_000
+PREFETCH_CHUNK = 400  # (address, worker) pairs per statement: 800 variables, below every SQLite's limit
 
 
 def encode(value: Exact) -> bytes:
@@ -110,6 +111,28 @@ def prefetch(conn: Any, keys: list[tuple[str, str]]) -> list[Any] | None:
         return None
     cum = decode(rows[0][3]) if rows[0][3] is not None else ZERO
     return [cum, {(a, w): decode(wcum) if wcum is not None else ZERO for a, w, wcum, _, _, _ in rows}]
+
+
+def prefetch_sqlite(conn: Conn, keys: list[tuple[str, str]]) -> tuple[int, Exact, dict[tuple[str, str], Exact]] | None:
+    """SQLite: what ``book.insert_share_run`` needs to write a run of shares without reading between rows: the
+    newest id, the newest pool-wide total and each (address, worker)'s newest own total. Valid only inside the
+    writer's ``BEGIN IMMEDIATE`` transaction (it holds the write lock). None when the newest row has no totals
+    (``next_totals`` fills them in first)."""
+    head = conn.execute("SELECT (SELECT id FROM shares ORDER BY id DESC LIMIT 1),"
+                        " (SELECT cum FROM shares ORDER BY id DESC LIMIT 1)").fetchone()
+    newest, cum = head
+    if newest is not None and cum is None:
+        return None
+    own: dict[tuple[str, str], Exact] = {}
+    for start in range(0, len(keys), PREFETCH_CHUNK):
+        chunk = keys[start:start + PREFETCH_CHUNK]
+        values = ", ".join("(?, ?)" for _ in chunk)
+        for a, w, wcum in conn.execute(
+                f"WITH k(a, w) AS (VALUES {values}) SELECT k.a, k.w, (SELECT wcum FROM shares"
+                " WHERE address = k.a AND worker = k.w ORDER BY id DESC LIMIT 1) FROM k",
+                [v for key in chunk for v in key]):
+            own[(a, w)] = decode(wcum) if wcum is not None else ZERO
+    return (newest or 0), (decode(cum) if cum is not None else ZERO), own
 
 
 def migrate(conn: Conn) -> None:

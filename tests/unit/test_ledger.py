@@ -4,6 +4,7 @@ per scheme, block states, balances and payments, and the operator reports / CLI 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import subprocess
@@ -134,6 +135,55 @@ async def test_failing_op_in_batch_does_not_break_the_others(ledger_factory):
     assert rows == [(A,), (B,), (C,)]  # the failed op's own insert was rolled back alone
     # The writer keeps working afterwards.
     assert await asyncio.wait_for(ledger.record_share(share(A)), 5) == ids[-1] + 1
+
+
+@pytest.mark.parametrize("scheme", ["pplns", "pps"])
+async def test_batched_share_runs_write_what_one_by_one_writes(ledger_factory, scheme: str):
+    """The writer writes a run of consecutive shares in one statement (SQLite: ``book.insert_share_run``;
+    PostgreSQL: prefetched and pipelined); ids, running totals and PPS credits must be exactly those of the
+    shares inserted one at a time, including around a block, a front-end batch and a failing share."""
+    policy = Policy(scheme, 150, 2.0)
+    batched = ledger_factory(policy, name="batched.sqlite3", max_wait=0.2)
+    single = ledger_factory(policy, name="single.sqlite3")
+    sizes: list[int] = []
+    batched.on_commit = lambda size, seconds: sizes.append(size)
+    workers = [(A, "w1"), (A, "w2"), (B, "w"), (C, "rig")]
+    records = [share(*workers[i % 4], difficulty=[1.0, 0.5, 3.25, 1e-3][i % 3], network_difficulty=1000.0,
+                     subsidy=50 * COIN, expected_fees=COIN) for i in range(150)]
+    bad = dataclasses.replace(records[0], difficulty=0.0)
+    h = _hash()
+    futures = [batched.record_share(s) for s in records[:60]]
+    futures.append(batched.record_block(block(h, A, "w1")))
+    futures.append(batched.record_share(bad))
+    futures.append(batched.record_shares(records[60:100]))
+    futures += [batched.record_share(s) for s in records[100:]]
+    done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 20)
+    assert isinstance(done[61], ValueError)
+    assert not [d for i, d in enumerate(done) if i != 61 and isinstance(d, BaseException)]
+    assert max(sizes) > 50, "the shares should have shared transactions"
+
+    for s in records[:60]:
+        single.run_sync(lambda c, s=s: book.insert_share(c, policy, s, s.network_difficulty, s.subsidy,
+                                                         s.expected_fees))
+    single.run_sync(lambda c: book.insert_block(c, policy, block(h, A, "w1")))
+    for s in records[60:]:
+        single.run_sync(lambda c, s=s: book.insert_share(c, policy, s, s.network_difficulty, s.subsidy,
+                                                         s.expected_fees))
+
+    def table(ledger: Ledger, sql: str) -> list[tuple[object, ...]]:
+        """Rows with share ids as ranks: PostgreSQL never hands back sequence values of a rolled-back try."""
+        rank = {sid: i for i, (sid,) in enumerate(ledger.query("SELECT id FROM shares ORDER BY id"))}
+        return [(rank.get(row[0]), *(bytes(v) if isinstance(v, memoryview) else v for v in row[1:]))
+                for row in ledger.query(sql)]
+
+    shares_sql = "SELECT id, address, worker, difficulty, is_block, cum, wcum FROM shares ORDER BY id"
+    credits_sql = ("SELECT share_id, block_hash, address, worker, amount, kind, status, share_difficulty,"
+                   " network_difficulty FROM credits ORDER BY share_id, block_hash, address, worker")
+    assert table(batched, shares_sql) == table(single, shares_sql)
+    assert table(batched, credits_sql) == table(single, credits_sql)
+    assert len(table(batched, shares_sql)) == 150
+    if batched.url is None:
+        assert done[:60] == list(range(1, 61))
 
 
 async def test_run_sync_rolls_back_on_error(ledger: Ledger):
