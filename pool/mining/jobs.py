@@ -69,6 +69,23 @@ class BlockTemplate:
     def prevhash_hex(self) -> str:
         return self.prevhash[::-1].hex()
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled with its transactions as plain tuples: the coordinator sends every template to each
+        front-end process, and the default pickling of 1,500+ slotted dataclass instances (a Python-level
+        ``__getstate__``/``__setstate__`` per object) held each process's loop for ~2.5 ms at both ends,
+        against ~0.3 ms to dump and ~1 ms to load this way."""
+        txs = tuple((tx.data, tx.txid, tx.wtxid, tx.fee, tx.weight) for tx in self.transactions)
+        return _rebuild_template, (self.height, self.version, self.prevhash, self.bits, self.curtime, self.mintime,
+                                   self.coinbase_value, txs, self.default_witness_commitment, self.longpollid,
+                                   self.rules, self.total_fees)
+
+
+def _rebuild_template(height: int, version: int, prevhash: bytes, bits: int, curtime: int, mintime: int,
+                      coinbase_value: int, txs: tuple[tuple[Any, ...], ...], dwc: bytes | None,
+                      longpollid: str | None, rules: tuple[str, ...], total_fees: int) -> BlockTemplate:
+    return BlockTemplate(height, version, prevhash, bits, curtime, mintime, coinbase_value,
+                         tuple(TemplateTx(*tx) for tx in txs), dwc, longpollid, rules, total_fees)
+
 
 def parse_template(gbt: dict[str, Any]) -> BlockTemplate:
     """Turn bitcoind's JSON template into a BlockTemplate, or raise TemplateError naming the bad field."""

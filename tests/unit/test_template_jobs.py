@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
 from typing import Any
 
@@ -13,6 +14,7 @@ from pool.mining.jobs import (
     Lookup,
     PreparedTemplate,
     TemplateError,
+    TemplateTx,
     be32,
     make_job,
     parse_template,
@@ -128,6 +130,17 @@ def test_prepared_template_branch_and_commitment() -> None:
     for h in p.branch:
         node = dsha(node + h)
     assert node == ref_merkle_root([cb, *(tx.txid for tx in t.transactions)])
+
+
+def test_prepared_template_survives_pickling_for_front_ends() -> None:
+    """Front-end processes receive templates pickled (with the transactions as plain tuples): what arrives
+    must be equal field for field, transaction objects included, and build the same block."""
+    t = parse_template(make_gbt(n_txs=7))
+    p = PreparedTemplate.from_template(t)
+    back = pickle.loads(pickle.dumps(p, protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == p
+    assert back.template == t and back.template.total_fees == t.total_fees
+    assert all(isinstance(tx, TemplateTx) for tx in back.template.transactions)
 
 
 def test_wrong_default_witness_commitment_is_refused() -> None:
