@@ -84,7 +84,7 @@ def _rss(pid: int) -> int:
 
 class Cpu:
     """CPU of several processes over a window of wall time: ``(pid, None)`` is the process with its descendants
-    (all threads), ``(pid, tid)`` one thread."""
+    (all threads), ``(pid, 0)`` the process alone (all threads), ``(pid, tid)`` one thread."""
 
     def __init__(self, pids: dict[str, tuple[int, int | None]]) -> None:
         self.pids = pids
@@ -93,7 +93,9 @@ class Cpu:
 
     @staticmethod
     def _read(pid: int, tid: int | None) -> float:
-        return tree_cpu_seconds(pid) if tid is None else cpu_seconds(pid, tid)
+        if tid is None:
+            return tree_cpu_seconds(pid)
+        return cpu_seconds(pid, tid or None)
 
     def done(self) -> dict[str, float]:
         dt = time.monotonic() - self.t0

@@ -68,7 +68,7 @@ def window(port: int, server_pid: int, connections: int, difficulty: float | Non
     miners = Miners(port, connections, difficulty)
     try:
         pids: dict[str, tuple[int, int | None]] = {"server": (server_pid, None), "loop": (server_pid, server_pid),
-                                                   "client": (miners.pid, None)}
+                                                   "main_process": (server_pid, 0), "client": (miners.pid, None)}
         if node is not None:
             pids["node"] = (node.pid, None)
         cpu = Cpu(pids)
@@ -324,6 +324,11 @@ def processes(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                     # "main": the main thread of the process `pool run` started (the coordinator when N >= 2).
                     rows.setdefault(f"{name} replies/s, {k:,} conns", {})[n] = \
                         f"{r['rate']:,.0f} (srv {r['server']:.0%}, main {r['loop']:.0%})"
+                    # CPU per share: the coordinator process (or the one process) and the front-ends together.
+                    front = r["server"] - r["main_process"] if n > 1 else 0.0
+                    per = (f"front-ends {front / r['rate'] * 1e6:.1f} + coord {r['main_process'] / r['rate'] * 1e6:.1f}"
+                           if n > 1 else f"process {r['main_process'] / r['rate'] * 1e6:.1f}")
+                    rows.setdefault(f"  {name} us CPU/share, {k:,} conns", {})[n] = per
         finally:
             pool.stop()
         for size in args.proc_hold:  # a fresh pool per size

@@ -38,6 +38,7 @@ from pool.ledger.book import AuditEntry
 log = structlog.get_logger("pool.ledger")
 
 Op = Callable[[Any], Any]  # called with a sqlite3.Connection or a pg.PgConnection
+Entry = tuple[Op, "asyncio.Future[Any] | None", "asyncio.AbstractEventLoop | None"]  # a write, its answer, its loop
 RECONNECT_INTERVAL = 0.5  # PostgreSQL down: seconds between the writer's connection attempts
 IDLE_READERS = 4
 PG_MAX_BATCH = 250  # PostgreSQL: connections kept open for reads and run_sync (SQLite opens one per call)
@@ -117,9 +118,13 @@ class Ledger:
         # PostgreSQL: since when (monotonic) the writer has had no connection; None while it has one.
         self.unavailable_since: float | None = None
         self.policy = policy or book.Policy()
-        self._queue: queue.Queue[tuple[Op | None, asyncio.Future[Any] | None, asyncio.AbstractEventLoop | None]] = (
-            queue.Queue()
-        )
+        # Writes go to the writer thread in lists: every write submitted during one event-loop iteration is
+        # handed over at once (one queue put, one wake-up of the writer), and answered by one callback per
+        # loop per commit (``_resolve_all``), not a lock, a condition and a cross-thread wake-up per share.
+        self._queue: queue.Queue[list[Entry] | None] = queue.Queue()
+        self._pending: list[Entry] = []
+        self._pending_lock = threading.Lock()
+        self._pending_on: asyncio.AbstractEventLoop | None = None  # the loop a hand-over is scheduled on
         # PostgreSQL: a batch's cost per share grows past a few hundred shares (its one prefetch query and
         # pipeline grow with it), while a few hundred already spread the commit's round trips thin.
         self._max_batch = max_batch if self.url is None else min(max_batch, PG_MAX_BATCH)
@@ -216,14 +221,33 @@ class Ledger:
         """Run ``op`` in the writer's next transaction; the future gets its result after the commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        with self._state:
-            if self.failure is not None:
-                future.set_exception(LedgerFailed(f"ledger writer stopped: {self.failure!r}"))
-            elif self._stopped:
-                future.set_exception(RuntimeError("ledger is closed"))
-            else:
-                self._queue.put((op, future, loop))
+        if self.failure is not None:
+            future.set_exception(LedgerFailed(f"ledger writer stopped: {self.failure!r}"))
+        elif self._stopped:
+            future.set_exception(RuntimeError("ledger is closed"))
+        else:
+            with self._pending_lock:
+                self._pending.append((op, future, loop))
+                schedule = self._pending_on is not loop
+                self._pending_on = loop
+            if schedule:
+                loop.call_soon(self._hand_over)
         return future
+
+    def _hand_over(self) -> None:
+        """Queue what was submitted since the last hand-over, in order, as one entry for the writer."""
+        with self._pending_lock:
+            entries, self._pending = self._pending, []
+            self._pending_on = None
+        if not entries:
+            return
+        with self._state:  # ordered against the writer's death: nothing is queued after it drained the queue
+            if self.failure is None and not self._stopped:
+                self._queue.put(entries)
+                return
+            error: BaseException = (LedgerFailed(f"ledger writer stopped: {self.failure!r}")
+                                    if self.failure is not None else RuntimeError("ledger is closed"))
+        _answer_all(entries, [(None, error)] * len(entries))
 
     def run_sync(self, op: Op) -> Any:
         """Run ``op`` in its own immediate transaction from a non-loop thread (CLI, payments, tests)."""
@@ -283,26 +307,35 @@ class Ledger:
                 conn.close()
 
     def _writer(self) -> None:
-        in_hand: list[Any] = []  # entries taken off the queue and not answered yet
+        in_hand: list[Entry] = []  # entries taken off the queue and not answered yet
+        carry: list[Entry] = []  # taken beyond the batch limit: the next batch starts with them
         try:
             conn = self._connect() if self.url is None else self._reconnect(first=True)
             next_connect = 0.0
             while True:
-                first = self._queue.get()
-                if first[0] is None:
-                    break
-                in_hand = batch = [first]
+                if carry:
+                    batch, carry = carry, []
+                else:
+                    first = self._queue.get()
+                    if first is None:
+                        break
+                    batch = list(first)
+                in_hand = batch
                 deadline = time.monotonic() + self._max_wait
                 while len(batch) < self._max_batch:
                     remaining = deadline - time.monotonic()
                     try:
-                        entry = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                        entries = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if entry[0] is None:
-                        self._queue.put(entry)
+                    if entries is None:
+                        self._queue.put(None)
                         break
-                    batch.append(entry)
+                    batch.extend(entries)
+                if len(batch) > self._max_batch:
+                    carry = batch[self._max_batch:]
+                    del batch[self._max_batch:]
+                    in_hand = batch + carry
                 start = time.monotonic()
                 if conn is None and time.monotonic() >= next_connect:  # PostgreSQL: the connection was lost
                     conn = self._reconnect()
@@ -331,10 +364,8 @@ class Ledger:
                 except Exception as hook_error:  # a metrics hook must not stop the ledger
                     log.error("ledger_commit_hook_failed", error=str(hook_error))
                 finally:  # committed or not is known now: answered truly even if the hook fails
-                    for (_, future, loop), (value, error) in zip(batch, results, strict=True):
-                        if future is not None and loop is not None and not loop.is_closed():
-                            loop.call_soon_threadsafe(_resolve, future, value, error)
-                    in_hand = []
+                    _answer_all(batch, results)
+                    in_hand = list(carry)
             if conn is not None:
                 conn.close()
         except BaseException as exc:  # the thread is dying: nobody may wait on it forever
@@ -360,17 +391,17 @@ class Ledger:
             entries = list(in_hand)
             while True:
                 try:
-                    entries.append(self._queue.get_nowait())
+                    queued = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if queued is not None:
+                    entries.extend(queued)
         if self.on_failure is not None:  # first: by the time a miner hears "error", the pool is marked
             try:
                 self.on_failure(exc)
             except Exception as hook_error:  # the hook must not hide the original failure
                 log.error("ledger_failure_hook_failed", error=str(hook_error))
-        for _, future, loop in entries:
-            if future is not None and loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, future, None, failed)
+        _answer_all(entries, [(None, failed)] * len(entries))
 
     def _commit(self, conn: Any, batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
         """One transaction for the batch; an op that fails is undone alone. If the database itself fails (or
@@ -531,14 +562,32 @@ class Ledger:
 
     def close(self) -> None:
         if not self._stopped:
+            self._hand_over()  # writes submitted in this loop iteration are still written
             self._stopped = True
             self._stop_rollup.set()
             if self._rollup_thread is not None:
                 self._rollup_thread.join(timeout=30)
-            self._queue.put((None, None, None))
+            self._queue.put(None)
             self._thread.join(timeout=30)
             while self._idle:
                 self._idle.pop().close()
+
+
+def _answer_all(entries: list[Entry], results: list[tuple[Any, BaseException | None]]) -> None:
+    """Hand each entry's outcome to its future: one thread-safe callback per event loop (usually one)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for (_, future, loop), (value, error) in zip(entries, results, strict=True):
+        if future is not None and loop is not None:
+            by_loop.setdefault(loop, []).append((future, value, error))
+    for loop, answers in by_loop.items():
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nobody is left to answer
+                loop.call_soon_threadsafe(_resolve_all, answers)
+
+
+def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in answers:
+        _resolve(future, value, error)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
