@@ -59,6 +59,14 @@ class ShareRecord:
     subsidy: int = 0
     expected_fees: int = 0
 
+    def __reduce__(self) -> tuple[type[ShareRecord], tuple[Any, ...]]:
+        """Pickled as its fields: every accepted share crosses from a front-end process to the coordinator,
+        and the default for a slotted dataclass (a Python-level ``__getstate__``/``__setstate__``) cost
+        ~1.7 µs to dump and ~2.2 µs to load per share, against ~0.5 and ~1 this way."""
+        return ShareRecord, (self.ts, self.address, self.worker, self.difficulty, self.share_difficulty, self.job_id,
+                             self.height, self.block_hash, self.is_block, self.network_difficulty, self.subsidy,
+                             self.expected_fees)
+
 
 @dataclass(frozen=True, slots=True)
 class BlockRecord:

@@ -31,6 +31,15 @@ def test_frames_round_trip_whole_split_and_joined() -> None:
     assert got == whole and decoder.pending == 0
 
 
+def test_share_records_cross_processes_unchanged() -> None:
+    """Accepted shares travel front-end -> coordinator pickled field by field (ShareRecord.__reduce__)."""
+    shares = [ShareRecord(1.5 + i, "bc1qaddr", f"rig{i}", 2.0 ** -i, 3.25, "1a", 800_000, f"{i:064x}", i == 2,
+                          1.2e14, 312_500_000, 12_345) for i in range(4)]
+    back = pickle.loads(pickle.dumps([(i, "share", s) for i, s in enumerate(shares)], pickle.HIGHEST_PROTOCOL))
+    assert [s for _, _, s in back] == shares
+    assert all(type(s) is ShareRecord for _, _, s in back)
+
+
 def test_oversized_or_unknown_frames_are_refused() -> None:
     with pytest.raises(FrameError):
         FrameDecoder().feed(HEADER.pack(MAX_FRAME + 1, Kind.OPS))
