@@ -19,6 +19,7 @@ from pool.bitcoin.coinbase import TxOut
 from pool.config import Config
 from pool.ledger import journal
 from pool.ledger.accounting import fee_basis_points
+from pool.ledger.commit import Outcome
 from pool.ledger.history import WorkHistory
 from pool.ledger.sqlite import BlockRecord, Ledger, ShareRecord
 from pool.mining.best import BestShares
@@ -157,7 +158,7 @@ class Coordinator:
 
     # ---- shares --------------------------------------------------------------------------------------------
 
-    def judge(self, event: ShareSubmitted, extranonce1: bytes) -> tuple[ShareResult, asyncio.Future[Any] | None]:
+    def judge(self, event: ShareSubmitted, extranonce1: bytes) -> tuple[ShareResult, Outcome | None]:
         """Judge a share; an accepted one is queued to the ledger (the future resolves at its commit).
 
         The share is queued before its block, so the block's PPLNS window includes the share that found it.
@@ -219,7 +220,7 @@ class Coordinator:
             expected_fees=t.total_fees,
         )
 
-    def _block_found(self, result: Accepted, worker: Worker) -> asyncio.Future[Any]:
+    def _block_found(self, result: Accepted, worker: Worker) -> Outcome:
         """Send the block on its way first, then record it; the row is retried until the ledger takes it.
         Returns the first write of the row."""
         job = result.job
@@ -260,14 +261,14 @@ class Coordinator:
         task.add_done_callback(self._block_writes.discard)
         return first
 
-    async def _record_block(self, record: BlockRecord, first: asyncio.Future[Any]) -> None:
+    async def _record_block(self, record: BlockRecord, first: Outcome) -> None:
         """The row was queued to the ledger at once (``first``: right behind the finding share, so the PPLNS
         window ends at that share); meanwhile it is journaled on disk. It is retried until it lands, and the
         journal entry goes when it has. A restart in between replays it (``replay_block_rows``)."""
         journaled = asyncio.ensure_future(asyncio.to_thread(journal.write, self._journal_dir, record))
         delay, longest = RECORD_BLOCK_RETRY
         attempt = 0
-        pending: asyncio.Future[Any] | None = first
+        pending: Outcome | None = first
         while True:
             attempt += 1
             try:
@@ -307,18 +308,18 @@ class Coordinator:
             task.cancel()
 
 
-def _best_written(done: asyncio.Future[Any]) -> None:
+def _best_written(done: Outcome) -> None:
     """A best-share record that did not land is logged; the next record of that worker carries it again."""
     if not done.cancelled() and done.exception() is not None:
         log.warning("best_share_not_recorded", error=str(done.exception()))
 
 
-def _after(share: asyncio.Future[Any], block_row: asyncio.Future[Any]) -> asyncio.Future[Any]:
+def _after(share: Outcome, block_row: Outcome) -> asyncio.Future[Any]:
     """The share's own commit, reported once its block's first row write is done too (whatever its outcome:
     that row is retried apart), so "true" for a block-solving share comes after the block is in the ledger."""
     both: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-    def report(_: asyncio.Future[Any]) -> None:
+    def report(_: Outcome) -> None:
         if both.done():
             return
         if not share.done():  # the writer answers in queue order, so this is only a safeguard

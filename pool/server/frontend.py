@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 
 from pool.ledger.book import REJECTED
+from pool.ledger.commit import Commit
 from pool.ledger.sqlite import BlockRecord, DuplicateShare, LedgerFailed, ShareRecord
 from pool.mining.stats import PoolStats
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
@@ -61,7 +62,7 @@ class LedgerProxy:
 
     def __init__(self) -> None:
         self.link: Link | None = None
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[int, Commit] = {}
         self._seq = 0
         self.network_difficulty = 0.0
 
@@ -78,8 +79,8 @@ class LedgerProxy:
                 future.set_exception(LedgerFailed(reason))
         return len(pending)
 
-    def _write(self, op: str, payload: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def _write(self, op: str, payload: Any) -> Commit:
+        future = Commit()  # answered straight from the acknowledgment (pool/ledger/commit.py)
         link = self.link
         if link is None or link.closed:
             future.set_exception(LedgerFailed(LINK_DOWN))
@@ -89,13 +90,13 @@ class LedgerProxy:
         link.queue(Kind.OPS, (self._seq, op, payload))
         return future
 
-    def record_share(self, s: ShareRecord) -> asyncio.Future[Any]:
+    def record_share(self, s: ShareRecord) -> Commit:
         return self._write("share", s)
 
-    def record_block(self, b: BlockRecord) -> asyncio.Future[Any]:
+    def record_block(self, b: BlockRecord) -> Commit:
         return self._write("block", b)
 
-    def set_block_status(self, block_hash: str, status: str, confirmations: int = 0) -> asyncio.Future[Any]:
+    def set_block_status(self, block_hash: str, status: str, confirmations: int = 0) -> Commit:
         return self._write("status", (block_hash, status, confirmations))
 
     def acknowledge(self, acks: list[tuple[int, tuple[str, str] | None]]) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pool.config import NODE_ID_BITS, Config, process_bits
+from pool.ledger.commit import Outcome
 from pool.ledger.sqlite import DuplicateShare
 from pool.mining.extranonce import ExtranonceAllocator, extranonce_prefix
 from pool.mining.jobs import Job
@@ -710,7 +711,7 @@ class StratumServer:
             session.errors += 1
 
     def _answer_share(self, session: Session, event: ShareSubmitted, result: ShareResult,
-                      committed: asyncio.Future[Any] | None) -> None:
+                      committed: Outcome | None) -> None:
         proto = session.protocol
         if isinstance(result, Accepted):
             assert committed is not None  # the coordinator queues every accepted share to the ledger
@@ -723,7 +724,7 @@ class StratumServer:
             self._escalate(session, session.invalid.invalid())
 
     def _settle(self, session: Session, event: ShareSubmitted, result: Accepted, slot: Deferred,
-                committed: asyncio.Future[Any]) -> None:
+                committed: Outcome) -> None:
         """The ledger answered for one accepted share: fill its reply and send what is now ready."""
         error = committed.exception() if not committed.cancelled() else asyncio.CancelledError()
         proto = session.protocol
