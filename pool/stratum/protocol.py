@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from orjson import loads as orjson_loads
+
 from pool.bitcoin.target import DIFF1_TARGET
 from pool.mining.jobs import Job
 from pool.mining.shares import Reject, Rejected, ShareResult, Submission
@@ -236,7 +238,7 @@ class StratumProtocol:
 
     def _handle_line(self, line: bytes) -> Event | None:
         try:
-            msg = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
+            msg = _loads(line)
         except (ValueError, UnicodeDecodeError, RecursionError):
             self._send_error(None, ERR_OTHER, "Invalid JSON")
             return ProtocolError("invalid JSON", fatal=False)
@@ -605,16 +607,58 @@ class StratumProtocol:
         self._queued += len(data)
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})  # what orjson reads exactly as json does (floats may not be)
+
+
+def _loads(line: bytes) -> Any:
+    """One request line. orjson first (~0.3 µs for a submit against ~1.9 µs with json: every share pays it);
+    the standard decoder (exact integers, finite floats only, no NaN) decides whenever the two could differ:
+    orjson refuses NaN, infinities and lone surrogates (so does the fallback, or it is an error either way)
+    and reads integers past 64 bits as floats, which would echo a miner's huge id inexactly: so any float,
+    list or object in the id or the parameters (rare: ``suggest_difficulty``) is read again by json."""
+    try:
+        msg = orjson_loads(line)
+    except ValueError:
+        msg = None  # the standard decoder gives the verdict (and its exception)
+    else:  # kept when the id and every parameter are plain strings, integers, booleans or null
+        if type(msg) is dict and type(msg.get("id")) in _PLAIN:
+            params = msg.get("params")
+            if params is None:
+                return msg
+            if type(params) is list:
+                for value in params:
+                    if type(value) not in _PLAIN:
+                        break
+                else:
+                    return msg
+    return json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def _encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
+_TRUE_TAIL = b',"result":true,"error":null}\n'
+_REJECT_TAILS: dict[Reject, bytes] = {}
+
+
 def _submit_reply(req_id: Any, result: ShareResult) -> bytes:
-    """``true``, or the reject's Stratum error, for one ``mining.submit``."""
+    """``true``, or the reject's Stratum error, for one ``mining.submit``: for an integer id (what miners
+    send) spliced from bytes made once, the same bytes ``_encode`` gives, without a JSON encoder per share."""
+    if type(req_id) is not int:
+        if isinstance(result, Rejected):
+            code, message = result.error
+            return _encode({"id": req_id, "result": None, "error": [code, message, None]})
+        return _encode({"id": req_id, "result": True, "error": None})
+    head = b'{"id":%d' % req_id
     if isinstance(result, Rejected):
-        code, message = result.error
-        return _encode({"id": req_id, "result": None, "error": [code, message, None]})
-    return _encode({"id": req_id, "result": True, "error": None})
+        tail = _REJECT_TAILS.get(result.reason)
+        if tail is None:
+            code, message = result.error
+            error = json.dumps([code, message, None], separators=(",", ":"))
+            tail = _REJECT_TAILS[result.reason] = b',"result":null,"error":' + error.encode() + b"}\n"
+        return head + tail
+    return head + _TRUE_TAIL
 
 
 _HANDLERS: dict[str, Callable[[StratumProtocol, Any, Any], Event | None]] = {

@@ -860,3 +860,50 @@ def test_deferred_replies_leave_in_request_order() -> None:
     assert proto.deferred == 0 and proto.pending_output == 0
     proto.answer(10, "pong")
     assert output(proto) == [{"id": 10, "result": "pong", "error": None}]
+
+
+@pytest.mark.parametrize("req_id", [0, 7, -3, 2**63, -(2**70), "abc", "é", None, 1.5, True, [1, 2]])
+def test_submit_replies_are_the_bytes_the_json_encoder_gives(req_id: Any) -> None:
+    """Submit replies for integer ids are spliced from bytes made once; they must equal the encoder's."""
+    import json
+
+    from pool.mining.shares import Accepted, Reject, Rejected
+    from pool.stratum.protocol import _submit_reply
+
+    def encoded(obj: dict[str, Any]) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+    for reason in Reject:
+        code, message = Rejected(reason).error
+        assert _submit_reply(req_id, Rejected(reason)) == encoded(
+            {"id": req_id, "result": None, "error": [code, message, None]})
+    accepted = object.__new__(Accepted)  # only its kind matters to the reply
+    assert _submit_reply(req_id, accepted) == encoded({"id": req_id, "result": True, "error": None})
+
+
+@pytest.mark.parametrize("line", [
+    b'{"id":1,"method":"mining.submit","params":["a.b","1","00","5b2b2b2b","8a3f0c21"]}',
+    b'{"id":123456789012345678901234567890,"method":"mining.ping","params":[]}',
+    b'{"id":[-9223372036854775809],"method":"mining.subscribe"}',
+    b'{"id":"x","method":"mining.suggest_difficulty","params":[0.5]}',
+    b'{"id":2,"method":"mining.suggest_difficulty","params":[1e400]}',
+    b'{"id":3,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"1fffe000"}]}',
+    b'{"id":1.0,"method":"mining.ping"}',
+    b'{"id":NaN}', b'{"id":"\\ud800"}', b'[1,2]', b'"text"', b'{"id":4,"params":null,"method":"mining.ping"}',
+])
+def test_request_lines_decode_as_the_standard_decoder_does(line: bytes) -> None:
+    """orjson reads request lines first; whatever it could read differently goes to json, so the outcome
+    (a value, or an error) is always the standard decoder's."""
+    import json
+
+    from pool.stratum.protocol import _finite_float, _loads, _reject_constant
+
+    try:
+        expected: Any = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: Any = _loads(line)
+    except ValueError:
+        got = ValueError
+    assert got == expected and type(got) is type(expected)
