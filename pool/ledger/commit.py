@@ -1,10 +1,11 @@
-"""The answer to one ledger write in a front-end process, handed to whoever waits at the acknowledgment.
+"""The answer to one ledger write, handed to whoever waits on it the moment it is known.
 
-A front-end sends accepted shares to the coordinator and answers each miner ``true`` when the coordinator's
-commit acknowledgment comes back. With an asyncio future per share, every acknowledgment scheduled one loop
-callback per share (a handle, a turn of the loop) before the reply code ran: ~4 µs per accepted share against
-~0.6 µs for calling that code directly, on the path the pool runs most. A ``Commit`` calls its callbacks at
-once, in order, from the code that resolves it; a failing callback is logged and does not stop the others.
+An accepted share is answered ``true`` when its commit is acknowledged: by the ledger's writer thread (one
+process) or by the coordinator (front-end processes). With an asyncio future per share, every answer
+scheduled one loop callback per share (a handle, a turn of the loop) before the reply code ran: ~4 µs per
+accepted share against ~0.6 µs for calling that code directly, on the path the pool runs most. A ``Commit``
+is resolved on its event loop's thread and calls its callbacks at once, in order; a failing callback is
+logged and does not stop the others.
 
 It offers what the server and the coordinator use of a future (``add_done_callback``, ``done``, ``result``,
 ``exception``, ``cancelled``) and can be awaited.

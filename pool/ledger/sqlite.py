@@ -34,11 +34,12 @@ import structlog
 
 from pool.ledger import best, book, dialect, pg, rollup, schema, window
 from pool.ledger.book import AuditEntry
+from pool.ledger.commit import Commit
 
 log = structlog.get_logger("pool.ledger")
 
 Op = Callable[[Any], Any]  # called with a sqlite3.Connection or a pg.PgConnection
-Entry = tuple[Op, "asyncio.Future[Any] | None", "asyncio.AbstractEventLoop | None"]  # a write, its answer, its loop
+Entry = tuple[Op, "Commit | None", "asyncio.AbstractEventLoop | None"]  # a write, its answer, its loop
 RECONNECT_INTERVAL = 0.5  # PostgreSQL down: seconds between the writer's connection attempts
 IDLE_READERS = 4
 PG_MAX_BATCH = 250  # PostgreSQL: connections kept open for reads and run_sync (SQLite opens one per call)
@@ -182,7 +183,7 @@ class Ledger:
 
     # ---- writes (each resolves after its commit) -----------------------------------------------------------
 
-    def record_share(self, s: ShareRecord) -> asyncio.Future[Any]:
+    def record_share(self, s: ShareRecord) -> Commit:
         policy = self.policy
         if s.network_difficulty > 0:
             self.network_difficulty = s.network_difficulty
@@ -195,7 +196,7 @@ class Ledger:
         op.single = True  # type: ignore[attr-defined]  # answered by its share id
         return self.submit(op)
 
-    def record_shares(self, shares: list[ShareRecord]) -> asyncio.Future[Any]:
+    def record_shares(self, shares: list[ShareRecord]) -> Commit:
         """Several shares as one operation of the next commit: one savepoint and one answer for all of them
         (a front-end process's batch); if one cannot be written, none is, and each is answered as failed."""
         policy = self.policy
@@ -213,22 +214,24 @@ class Ledger:
         insert_all.single = False  # type: ignore[attr-defined]
         return self.submit(insert_all)
 
-    def record_block(self, b: BlockRecord) -> asyncio.Future[Any]:
+    def record_block(self, b: BlockRecord) -> Commit:
         policy = self.policy
         return self.submit(lambda c: book.insert_block(c, policy, b))
 
-    def record_best(self, row: best.Row) -> asyncio.Future[Any]:
+    def record_best(self, row: best.Row) -> Commit:
         """A worker's raised best-share record, in the same group commit as the share that set it (queued
         right behind it)."""
         return self.submit(lambda c: best.upsert(c, [row]))
 
-    def set_block_status(self, block_hash: str, status: str, confirmations: int = 0) -> asyncio.Future[Any]:
+    def set_block_status(self, block_hash: str, status: str, confirmations: int = 0) -> Commit:
         return self.submit(lambda c: book.set_block_status(c, block_hash, status, confirmations))
 
-    def submit(self, op: Op) -> asyncio.Future[Any]:
+    def submit(self, op: Op) -> Commit:
         """Run ``op`` in the writer's next transaction; the future gets its result after the commit."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        # Answered on the loop's thread, callbacks run at once: no loop turn per share between the commit
+        # and the miner's reply (pool/ledger/commit.py).
+        future = Commit()
         if self.failure is not None:
             future.set_exception(LedgerFailed(f"ledger writer stopped: {self.failure!r}"))
         elif self._stopped:
@@ -583,7 +586,7 @@ class Ledger:
 
 def _answer_all(entries: list[Entry], results: list[tuple[Any, BaseException | None]]) -> None:
     """Hand each entry's outcome to its future: one thread-safe callback per event loop (usually one)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Commit, Any, BaseException | None]]] = {}
     for (_, future, loop), (value, error) in zip(entries, results, strict=True):
         if future is not None and loop is not None:
             by_loop.setdefault(loop, []).append((future, value, error))
@@ -593,12 +596,12 @@ def _answer_all(entries: list[Entry], results: list[tuple[Any, BaseException | N
                 loop.call_soon_threadsafe(_resolve_all, answers)
 
 
-def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _resolve_all(answers: list[tuple[Commit, Any, BaseException | None]]) -> None:
     for future, value, error in answers:
         _resolve(future, value, error)
 
 
-def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+def _resolve(future: Commit, value: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:
