@@ -15,6 +15,10 @@ low difficulty after the pool hashed it.
 Echo server: answers each received line with one fixed ``{"id":0,"result":true,"error":null}`` (one write per
 read), and on a ``BCAST <text>`` line from a connection broadcasts a notify-sized line containing ``<text>``
 to every other connection: the same client code, the least server work, the client's own ceiling.
+
+Debugging a latency figure: with ``LOADGEN_TRACE=PATH`` each client writes every reply slower than 3 ms as
+"send time (wall clock), latency ms" lines to ``PATH.<pid>`` when it exits, and ``stratum_load``'s tipload
+section prints the wall-clock time of each new tip ("TIP ..."), so slow replies can be placed against tips.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-TRACE: list = [] if os.environ.get("LOADGEN_TRACE") else None  # type: ignore
+TRACE: list[tuple[float, float]] | None = [] if os.environ.get("LOADGEN_TRACE") else None  # slow replies
 ECHO_REPLY = b'{"id":0,"result":true,"error":null}\n'
 HANDSHAKE_TIMEOUT = 60.0
 CONNECT_CONCURRENCY = 256

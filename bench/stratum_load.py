@@ -15,8 +15,9 @@ Sections (``--only`` picks some; all by default):
   difficulty) and accept path (``d=1e-10``: every share accepted and committed to the ledger before ``true``).
 * latency: open loop at a fixed submit rate (written on a 1 ms tick, timed from the write): 5,000/s over 1,000
   connections and 15,000/s over 100, reject and accept paths.
-* tipload: open loop 3,000 accepted submits/s over 1,000 connections, with a new tip every few seconds and
-  without: what template fetching, parsing and fan-out on the serving loop do to reply latency.
+* tipload: open loop 3,000 accepted submits/s over 1,000 connections, with a new tip every 10 s and without:
+  what template fetching, parsing and fan-out do to reply latency; beside it the same load on the echo server,
+  without and with a notify-sized line broadcast to every connection at each "tip" (the client's own floor).
 * hold: N logged-in idle connections (RSS delta / N, the echo server's beside it), then new tips through the
   node's ``benchnewtip`` (ZMQ hashblock + long poll): wall time from the announcement to the first and the last
   miner holding a ``mining.notify`` with the new prevhash; the baseline broadcasts a same-size line itself.
@@ -28,7 +29,7 @@ Sections (``--only`` picks some; all by default):
   notified for ``--proc-hold`` miners (1,000, 5,000, 10,000). Not in the default set (``--only processes``).
 
 At mainnet difficulty no share is a block (checked: ``submitblock`` never called). ``--quick`` finishes in
-in under 90 s; the full run takes about four minutes. Usage: ``python bench/stratum_load.py [--quick] [--only
+in under 90 s; the full run takes about six minutes. Usage: ``python bench/stratum_load.py [--quick] [--only
 throughput,latency,tipload,hold,compare,profile] [--seconds 3] [--hold 1000,5000,10000,19500]``.
 """
 
@@ -457,8 +458,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", help="throughput: connection counts (default 100,1000; quick 100,1000)")
     p.add_argument("--hold", help="hold: connection counts (default 1000,5000,10000,19500; quick 1000,5000)")
     p.add_argument("--tips", type=int, help="hold: new tips per size (default 3; quick 1)")
-    p.add_argument("--tipload-seconds", type=float, help="tipload: window (default 20; quick 6)")
-    p.add_argument("--tip-every", type=float, help="tipload: seconds between new tips (default 5; quick 2)")
+    p.add_argument("--tipload-seconds", type=float, help="tipload: window (default 30; quick 6)")
+    p.add_argument("--tip-every", type=float, help="tipload: seconds between new tips (default 10; quick 2)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra pool setting for every pool started (repeatable), e.g. stratum.processes=2")
     p.add_argument("--client-procs", type=int, default=1, help="hold: load-generator processes (default 1)")
@@ -477,8 +478,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.connections = [int(x) for x in (args.connections or "100,1000").split(",")]
     args.hold = [int(x) for x in (args.hold or ("1000,5000" if q else "1000,5000,10000,19500")).split(",")]
     args.tips = args.tips or (1 if q else 3)
-    args.tipload_seconds = args.tipload_seconds or (6.0 if q else 20.0)
-    args.tip_every = args.tip_every or (2.0 if q else 5.0)
+    args.tipload_seconds = args.tipload_seconds or (6.0 if q else 30.0)
+    args.tip_every = args.tip_every or (2.0 if q else 10.0)  # the goal: a tip every 10 s at 3,000/s
     args.latency = [(5000, 1000), (15000, 100)]
     try:
         args.overrides = dict(parse_override(x) for x in args.set)
