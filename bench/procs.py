@@ -139,7 +139,7 @@ class Pool:
     """``pool run --config`` in a child process (uvloop, as operators run it), pointed at a mainnet-like node."""
 
     def __init__(self, node: MainnetNode, tmp: Path, name: str, profile: Path | None = None,
-                 cache_fees: bool = False, overrides: dict[str, Any] | None = None) -> None:
+                 overrides: dict[str, Any] | None = None) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         info = node.info
@@ -165,8 +165,6 @@ class Pool:
         env = dict(os.environ)
         if profile is not None:
             env["STRATUM_LOAD_PROFILE"] = str(profile)
-        if cache_fees:
-            env["STRATUM_LOAD_CACHE_FEES"] = "1"
         self.log = open(self.dir / "pool.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, str(HERE / "procs.py"), "pool", str(config)],
                                      stdout=subprocess.PIPE, stderr=self.log, env=env, cwd=REPO_ROOT)
@@ -222,27 +220,9 @@ def pool_child(config_path: str) -> int:
             prof.dump_stats(out)
 
         signal.signal(signal.SIGUSR2, dump)
-    if os.environ.get("STRATUM_LOAD_CACHE_FEES"):
-        _cache_total_fees()
     from pool.__main__ import main as pool_main
 
     return pool_main(["run", "--config", config_path])
-
-
-def _cache_total_fees() -> None:
-    """What-if for the compare section only: ``BlockTemplate.total_fees`` computed once per template instead of
-    summed over every transaction on each call (the pool itself is not changed)."""
-    from pool.mining.jobs import BlockTemplate
-
-    cache: dict[int, tuple[Any, int]] = {}
-
-    def total_fees(self: Any) -> int:
-        entry = cache.get(id(self))
-        if entry is None or entry[0] is not self:
-            entry = cache[id(self)] = (self, sum(tx.fee for tx in self.transactions))
-        return entry[1]
-
-    BlockTemplate.total_fees = property(total_fees)  # type: ignore[method-assign,assignment]
 
 
 class Echo:

@@ -288,16 +288,6 @@ def compare(ctx: dict[str, Any], args: argparse.Namespace) -> None:
                     check(r, True, ctx["problems"], f"compare inflight={inflight}")
                     print(f"    {name}: loop thread {r['loop'] / r['rate'] * 1e6:.0f} us/share, other threads "
                           f"(ledger writer) {(r['server'] - r['loop']) / r['rate'] * 1e6:.0f} us/share")
-            cached_pool = Pool(ctx["node"], ctx["tmp"], "cached-fees", cache_fees=True, overrides=args.overrides)
-            try:
-                cached = window(cached_pool.port, cached_pool.pid, 100, ACCEPT_D, args.seconds, 1, node=ctx["node"])
-            finally:
-                cached_pool.stop()
-            check(cached, True, ctx["problems"], "compare cached fees")
-            print(fmt_row("1 in flight, 1,556 txs, fees cached", cached, None, lat=True)
-                  + "  (what-if: total_fees once per template)")
-            print(f"    fees cached: loop thread {cached['loop'] / cached['rate'] * 1e6:.0f} us/share, other threads "
-                  f"{(cached['server'] - cached['loop']) / cached['rate'] * 1e6:.0f} us/share")
         finally:
             empty_pool.stop()
     finally:

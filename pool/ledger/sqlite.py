@@ -221,7 +221,12 @@ class Ledger:
     def record_best(self, row: best.Row) -> Commit:
         """A worker's raised best-share record, in the same group commit as the share that set it (queued
         right behind it)."""
-        return self.submit(lambda c: best.upsert(c, [row]))
+        return self.record_bests([row])
+
+    def record_bests(self, rows: list[best.Row]) -> Commit:
+        """Several workers' raised records as one write: right after a start every worker's first shares raise
+        its record, one write each would be thousands of statements in the writer's first batches."""
+        return self.submit(lambda c: best.upsert(c, rows))
 
     def set_block_status(self, block_hash: str, status: str, confirmations: int = 0) -> Commit:
         return self.submit(lambda c: book.set_block_status(c, block_hash, status, confirmations))

@@ -186,11 +186,16 @@ class NodeClient:
 
     def _attempt(self, proxy: AuthServiceProxy, conn: _Connection, method: str, params: tuple[Any, ...],
                  timeout: float, on_sent: SentHook | None) -> Any:
-        if method == "submitblock" and len(params) == 1 and isinstance(params[0], str):
-            return self._submit_block(conn, params[0], on_sent)
-        if method == "getblocktemplate":
-            body = json.dumps({"jsonrpc": "1.0", "id": method, "method": method, "params": list(params)})
-            return self._post(conn, method, (body.encode(),), on_sent)
+        try:
+            if method == "submitblock" and len(params) == 1 and isinstance(params[0], str):
+                return self._submit_block(conn, params[0], on_sent)
+            if method == "getblocktemplate":
+                body = json.dumps({"jsonrpc": "1.0", "id": method, "method": method, "params": list(params)})
+                return self._post(conn, method, (body.encode(),), on_sent)
+        except NodeError as exc:
+            if exc.code == -401:  # a restarted bitcoind wrote a new cookie: read it again at the next call
+                self._drop_proxy(timeout)
+            raise
         fn = getattr(proxy, method)
         # Set the header ourselves: the library would send a percent-encoded password verbatim.
         fn._AuthServiceProxy__auth_header = self._local.auth

@@ -68,6 +68,7 @@ class Coordinator:
         self._block_writes: set[asyncio.Task[None]] = set()
         self._journal_dir = Path(config.data_dir) / "blocks" / "rows"
         self._late_blocks: OrderedDict[bytes, None] = OrderedDict()
+        self._bests: dict[tuple[str, str], Any] = {}  # raised best-share records not yet handed to the ledger
         self.on_block: Callable[[FoundBlock], None] | None = None  # a front-end process tells its coordinator
         # Per-share counters resolved once: a labels() lookup per share is measurable on the hot path.
         self._accepted_count = metrics.shares.labels("accepted")
@@ -182,8 +183,8 @@ class Coordinator:
             self.history.add(worker.address, worker.name, result.difficulty, now)
             committed = self.ledger.record_share(self.share_record(result, worker))
             record = self.best.offer(worker.address, worker.name, result.hash_difficulty, now)
-            if record is not None:  # rare: written behind the share, in the same group commit
-                self.ledger.record_best(record.row()).add_done_callback(_best_written)
+            if record is not None:  # written behind the share, with the others raised in this loop turn
+                self._queue_best(record)
             if result.is_block:
                 committed = _after(committed, self._block_found(result, worker))
             return result, committed
@@ -198,6 +199,18 @@ class Coordinator:
             log.warning("stale_block_candidate", job_id=event.submission.job_id, worker=worker.full_name)
             self._block_found(result.block, worker)
         return result, None
+
+    def _queue_best(self, record: Any) -> None:
+        """Raised records go to the ledger once per loop turn, as one write (a worker's newest replaces its
+        earlier ones): rare in steady state, but every worker's first shares after a start raise it."""
+        if not self._bests:
+            asyncio.get_running_loop().call_soon(self._write_bests)
+        self._bests[(record.address, record.worker)] = record.row()
+
+    def _write_bests(self) -> None:
+        rows, self._bests = list(self._bests.values()), {}
+        if rows:
+            self.ledger.record_bests(rows).add_done_callback(_best_written)
 
     def forget(self, result: Accepted) -> None:
         """The share's ledger write failed: un-claim it so the resubmission the miner was asked for counts."""

@@ -509,8 +509,9 @@ class FrontendPool:
     def _record_run(self, link: Link, run: list[tuple[int, ShareRecord]], bests: list[Any]) -> None:
         future = self.ledger.record_shares([record for _, record in run])
         future.add_done_callback(lambda f: self._acked(link, run, f))
-        for best in bests:
-            self.ledger.record_best(best.row()).add_done_callback(_best_written)
+        if bests:  # one write for the run; a worker's newest record replaces its earlier ones
+            rows = {(b.address, b.worker): b.row() for b in bests}
+            self.ledger.record_bests(list(rows.values())).add_done_callback(_best_written)
 
     def _acked(self, link: Link, entries: list[tuple[int, ShareRecord | None]], future: asyncio.Future[Any]) -> None:
         error = future.exception() if not future.cancelled() else asyncio.CancelledError()

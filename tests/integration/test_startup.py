@@ -38,3 +38,31 @@ async def test_wrong_rpc_password_is_reported_as_credentials(regtest, tmp_path: 
             await app.start()
     finally:
         await app.stop()
+
+
+async def test_templates_follow_a_new_rpc_cookie_after_bitcoind_restarts(fresh_regtest, tmp_path: Path) -> None:
+    """bitcoind writes a new cookie each time it starts: the pool's template and block calls (sent without
+    python-bitcoinrpc) must read it again after a refusal, not keep sending the old one for ever."""
+    from pool.node.rpc import NodeClient, NodeUnavailable, RpcCredentials
+
+    node = fresh_regtest
+    cookie = tmp_path / ".cookie"
+    cookie.write_text(f"{node.user}:{node.password}")
+    client = NodeClient(RpcCredentials(node.rpc_url, "", "", cookie_file=str(cookie)), timeout=10)
+    try:
+        first = await client.get_template()
+        assert first["height"] >= 1
+        node.stop()
+        node.password = "a-new-cookie-secret"  # the restarted node accepts only the new secret
+        node.start()
+        cookie.write_text(f"{node.user}:{node.password}")
+        answered = None
+        for _ in range(3):  # the kept connection is stale, then the old secret is refused once at most
+            try:
+                answered = await client.get_template()
+                break
+            except (NodeError, NodeUnavailable):
+                continue
+        assert answered is not None and answered["height"] == first["height"]
+    finally:
+        client.close()
