@@ -270,7 +270,14 @@ class NodeSet:
         return template
 
     async def call(self, method: str, *params: Any) -> Any:
-        return await self.current.client.call(method, *params)
+        """One call to the active node, abandoned (NodeUnavailable) if the set switches away meanwhile: callers
+        such as the template source's long poll make it while holding their lock, and a node that froze would
+        otherwise hold them for its whole RPC timeout."""
+        member = self.current
+        answered, result = await self._until_switch(member.client.call(method, *params))
+        if not answered:
+            raise NodeUnavailable(f"{member.name}: switched away while waiting for {method}")
+        return result
 
     def states(self) -> list[dict[str, object]]:
         """For the API and metrics: each node's name, health and tip."""

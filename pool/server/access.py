@@ -39,7 +39,8 @@ from pool.ops.telemetry import Metrics
 from pool.server.guard import TokenBucket
 
 if TYPE_CHECKING:
-    from pool.server.server import Session, StratumServer
+    from pool.server.server import StratumServer
+    from pool.server.session import Session
 
 log = structlog.get_logger("pool.access")
 

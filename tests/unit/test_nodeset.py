@@ -181,3 +181,32 @@ async def test_a_hung_node_is_left_as_soon_as_a_probe_finds_it_down() -> None:
     await nodes.probe()
     assert await asyncio.wait_for(fetch, 2) == {"from": "b"}
     assert nodes.active_name == "b"
+
+
+async def test_a_call_parked_on_a_hung_node_is_abandoned_when_the_set_switches() -> None:
+    """Other calls to the active node (the long poll's ``getbestblockhash``, the empty-block header) are made
+    while the template source holds its lock: one parked on a node that froze must end at the switch, or no
+    template is fetched from the new node until the frozen call's RPC timeout (seen as a flaky integration
+    test: a SIGSTOPped node held the pool's work for 30 s)."""
+
+    class Hung(StandIn):
+        hung = False
+
+        async def call(self, method: str, *params: Any) -> Any:
+            if method == "getbestblockhash":
+                await asyncio.Event().wait()  # accepted, never answered
+            if self.hung:
+                raise NodeUnavailable("getblockchaininfo: timed out")
+            return await super().call(method, *params)
+
+    a, b = Hung("a"), StandIn("b")
+    nodes = node_set(a, b)
+    await nodes.probe()
+    parked = asyncio.create_task(nodes.call("getbestblockhash"))
+    await asyncio.sleep(0.05)
+    assert not parked.done()
+    a.hung = True
+    await nodes.probe()
+    assert nodes.active_name == "b"
+    with pytest.raises(NodeUnavailable, match="switched"):
+        await asyncio.wait_for(parked, 2)
