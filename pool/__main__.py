@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from pool.config import Config, ConfigError, embedded_default, load_config
-
-SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (Python's default: 0.005)
+from pool.ops import interpreter
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -223,6 +222,7 @@ async def _run(config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, app.sighup)
     try:
         await app.start()
+        interpreter.started()
         assert app.server is not None
         http_port = app.http.port if app.http else 0
         admin_port = app.http.admin_port if app.http else 0
@@ -254,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     from pool.ops.telemetry import configure_logging
 
     configure_logging(config.log_level, config.log_format)
-    # Worker threads (RPC JSON decoding of multi-megabyte templates, template preparation, the ledger writer)
-    # hold the GIL for up to the switch interval each time the event loop releases it for a syscall: at the
-    # default 5 ms, a template arriving stalls the loop that answers miners for tens of milliseconds.
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    interpreter.tune()  # GIL switch interval and garbage collector thresholds (pool/ops/interpreter.py)
     try:
         import uvloop
 

@@ -35,6 +35,7 @@ from pool.ledger.sqlite import BlockRecord, DuplicateShare, LedgerFailed, ShareR
 from pool.mining.stats import PoolStats
 from pool.node.blocks import BlockSubmitter, FoundBlock, RetryPolicy, SubmitOutcome
 from pool.node.rpc import NodeClient
+from pool.ops import interpreter
 from pool.ops.supervise import Supervisor
 from pool.ops.telemetry import Metrics, configure_logging, watch_loop_lag
 from pool.programme.remote import FrontendSites
@@ -370,6 +371,7 @@ class Frontend:
             self._early_template = None
         await self.server.start()
         self.link.send(Kind.READY, (self.server.port, self.server.tls_port))
+        interpreter.started()
         log.info("frontend_started", process=self.index, pid=os.getpid(), port=self.server.port)
         sup = self.supervisor
         sup.start("stratum-housekeeping", self.server.housekeeping)
@@ -468,9 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pool.server.frontend SOCKET INDEX (started by the pool itself)", file=sys.stderr)
         return 2
     token = os.environ.pop(TOKEN_ENV, "")
-    from pool.__main__ import SWITCH_INTERVAL
-
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    interpreter.tune()
     frontend = Frontend(args[0], int(args[1]), token)
     try:
         import uvloop
