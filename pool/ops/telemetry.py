@@ -126,7 +126,7 @@ class Metrics:
         )
         self.new_tip_notify_seconds = Histogram(
             "pool_new_tip_notify_seconds",
-            "Time from a new template to clean_jobs notify written to every miner",
+            "Time from a new tip's template to its clean_jobs notify written to the last miner",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=r,
         )

@@ -217,6 +217,8 @@ class FirmwareClient:
 
     async def send_raw(self, data: bytes) -> None:
         assert self.writer is not None
+        if self.writer.is_closing():  # the pool closed us (uvloop raises RuntimeError on such a write)
+            raise ConnectionResetError("connection closed by the pool")
         self.writer.write(data)
         self.bytes_sent += len(data)
         await self.writer.drain()
