@@ -145,10 +145,15 @@ class Coordinator:
     def jobs_for(self, workers: Iterable[Worker]) -> list[Job]:
         """The jobs one connection needs: one shared job, or under SOLO one per payout address it carries,
         so each worker's shares are judged on the coinbase that pays that worker."""
+        if not self.solo:  # one job for everyone: any worker of the connection finds it
+            for worker in workers:
+                job = self.job_for(worker)
+                return [job] if job is not None else []
+            return []
         jobs: list[Job] = []
         keys: set[str] = set()
         for worker in workers:
-            key = worker.address if self.solo else ""
+            key = worker.address
             if key in keys:
                 continue
             keys.add(key)

@@ -204,14 +204,7 @@ class StratumServer:
         """
         if session.site in self._paused_sites:
             return False
-        coordinator = self.coordinator
-        if not coordinator.solo and session.worker is not None:  # one job for everyone: the common case
-            job = coordinator.job_for(session.worker)
-            if job is None:
-                return False
-            session.protocol.send_job(job, clean_jobs=clean, alias=coordinator.book.next_id() if fresh else None)
-            return True
-        jobs = coordinator.jobs_for(session.protocol.workers.values())
+        jobs = self.coordinator.jobs_for(session.protocol.workers.values())
         for i, job in enumerate(jobs):
             alias = self.coordinator.book.next_id() if fresh else None
             session.protocol.send_job(job, clean_jobs=clean and i == 0, alias=alias)
