@@ -30,8 +30,7 @@ _CHECK_EVERY = 16  # sessions between clock reads (a read costs about as much as
 class Fanout(Generic[S]):
     """At most one fan-out in progress; ``start`` replaces the one under way (see the module docstring)."""
 
-    __slots__ = ("_send", "_schedule", "_clock", "budget", "_queue", "_pos", "_sent", "_waiting", "_scheduled",
-                 "slices")
+    __slots__ = ("_send", "_schedule", "_clock", "budget", "_queue", "_pos", "_sent", "_waiting", "_scheduled")
 
     def __init__(self, send: Callable[[S, bool], bool], schedule: Callable[[Callable[[], None]], object],
                  budget: float = DEFAULT_BUDGET, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -44,7 +43,6 @@ class Fanout(Generic[S]):
         self._sent = 0
         self._waiting: list[Callable[[int], None]] = []
         self._scheduled = False
-        self.slices = 0  # slices run since creation (for tests and debugging)
 
     @property
     def in_progress(self) -> bool:
@@ -52,9 +50,7 @@ class Fanout(Generic[S]):
 
     def start(self, sessions: Iterable[S], clean: bool, done: Callable[[int], None] | None = None) -> None:
         """Send work to ``sessions`` (a snapshot); ``done(sent)`` runs once the last of them has it."""
-        owed: set[S] = set()
-        if self.in_progress:
-            owed = {s for s, c in self._queue[self._pos:] if c}
+        owed = {s for s, c in self._queue[self._pos:] if c}  # the replaced fan-out's clean jobs not yet sent
         if owed:
             self._queue = [(s, clean or s in owed) for s in sessions]
         else:
@@ -74,7 +70,6 @@ class Fanout(Generic[S]):
         end = len(queue)
         pos = self._pos
         deadline = clock() + self.budget
-        self.slices += 1
         while pos < end:
             session, clean = queue[pos]
             pos += 1
