@@ -190,8 +190,7 @@ class Ledger:
         def op(c: Any) -> int:
             return book.insert_share(c, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
 
-        op.share_keys = ((s.address, s.worker),)  # type: ignore[attr-defined]  # for window.prefetch
-        op.shares = (s,)  # type: ignore[attr-defined]  # SQLite: written with its neighbours (_run_sqlite)
+        op.shares = (s,)  # type: ignore[attr-defined]  # written with its neighbours (_run_sqlite, window.prefetch)
         op.policy = policy  # type: ignore[attr-defined]
         op.single = True  # type: ignore[attr-defined]  # answered by its share id
         return self.submit(op)
@@ -208,7 +207,6 @@ class Ledger:
             for s in shares:
                 book.insert_share(c, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
 
-        insert_all.share_keys = [(s.address, s.worker) for s in shares]  # type: ignore[attr-defined]
         insert_all.shares = shares  # type: ignore[attr-defined]
         insert_all.policy = policy  # type: ignore[attr-defined]
         insert_all.single = False  # type: ignore[attr-defined]
@@ -237,10 +235,9 @@ class Ledger:
         # Answered on the loop's thread, callbacks run at once: no loop turn per share between the commit
         # and the miner's reply (pool/ledger/commit.py).
         future = Commit()
-        if self.failure is not None:
-            future.set_exception(LedgerFailed(f"ledger writer stopped: {self.failure!r}"))
-        elif self._stopped:
-            future.set_exception(RuntimeError("ledger is closed"))
+        refusal = self._refusal()
+        if refusal is not None:
+            future.set_exception(refusal)
         else:
             with self._pending_lock:
                 self._pending.append((op, future, loop))
@@ -258,12 +255,19 @@ class Ledger:
         if not entries:
             return
         with self._state:  # ordered against the writer's death: nothing is queued after it drained the queue
-            if self.failure is None and not self._stopped:
+            refusal = self._refusal()
+            if refusal is None:
                 self._queue.put(entries)
                 return
-            error: BaseException = (LedgerFailed(f"ledger writer stopped: {self.failure!r}")
-                                    if self.failure is not None else RuntimeError("ledger is closed"))
-        _answer_all(entries, [(None, error)] * len(entries))
+        _answer_all(entries, [(None, refusal)] * len(entries))
+
+    def _refusal(self) -> BaseException | None:
+        """Why no write can be taken now (the writer died, or the ledger is closed); None while it can."""
+        if self.failure is not None:
+            return LedgerFailed(f"ledger writer stopped: {self.failure!r}")
+        if self._stopped:
+            return RuntimeError("ledger is closed")
+        return None
 
     def run_sync(self, op: Op) -> Any:
         """Run ``op`` in its own immediate transaction from a non-loop thread (CLI, payments, tests)."""
@@ -442,7 +446,7 @@ class Ledger:
                 return self._commit_each(conn, batch, {})
         self._begin(conn)
         try:
-            keys = [key for op, _, _ in batch for key in getattr(op, "share_keys", ())]
+            keys = [(s.address, s.worker) for op, _, _ in batch for s in getattr(op, "shares", ())]
             if len(keys) > 1:  # one round trip for every share's previous totals and id, not one per share
                 conn.totals = window.prefetch(conn, keys)
             results: list[tuple[Any, BaseException | None]] = []
