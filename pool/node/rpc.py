@@ -22,14 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
+from orjson import loads as fast_loads
 
 RPC_IN_WARMUP = -28
 _REFUSED_CREDENTIALS = "bitcoind refused the RPC credentials (check node.rpc_user/rpc_password or rpc_cookie_file)"
 
-try:  # a faster decoder when installed (a dependency of the package; the standard one gives the same values)
-    from orjson import loads as fast_loads
-except ImportError:  # pragma: no cover - orjson ships wheels for every platform we support
-    fast_loads = json.loads
 
 
 class NodeError(Exception):
