@@ -88,26 +88,7 @@ def naive(path: Path, seconds: float, sqlite_mod: ModuleType, book: ModuleType) 
     """One BEGIN/INSERT/COMMIT per share: each acknowledgement pays its own fsync."""
     conn = connect(path)
     conn.executescript(book.SCHEMA)
-    policy = book.Policy()
-    latencies: list[float] = []
-    i = 0
-    perf = time.perf_counter
-    t0 = perf()
-    deadline = t0 + seconds
-    now = t0
-    while now < deadline:
-        s = make_record(sqlite_mod, i)
-        start = perf()
-        conn.execute("BEGIN IMMEDIATE")
-        book.insert_share(conn, policy, s, s.network_difficulty, s.subsidy, s.expected_fees)
-        conn.execute("COMMIT")
-        now = perf()
-        latencies.append(now - start)
-        i += 1
-    conn.close()
-    latencies.sort()
-    return {"rate": i / (now - t0), "batch": 1.0, "p50": percentile(latencies, 0.5),
-            "p99": percentile(latencies, 0.99), "count": i}
+    return _one_per_transaction(conn, seconds, sqlite_mod, book)
 
 
 def one_transaction(path: Path, seconds: float, sqlite_mod: ModuleType, book: ModuleType) -> dict[str, float]:
@@ -192,6 +173,11 @@ def naive_pg(url: str, seconds: float, sqlite_mod: ModuleType, book: ModuleType)
 
     sqlite_mod.Ledger(url, rollup_interval=0).close()  # the schema
     conn = pg.connect(url)
+    return _one_per_transaction(conn, seconds, sqlite_mod, book)
+
+
+def _one_per_transaction(conn: Any, seconds: float, sqlite_mod: ModuleType, book: ModuleType) -> dict[str, float]:
+    """The naive baseline on either database: BEGIN IMMEDIATE, one share, COMMIT, until ``seconds`` pass."""
     policy = book.Policy()
     latencies: list[float] = []
     i = 0
